@@ -1,0 +1,59 @@
+"""The ``landcover`` command: a thin skin over the Python API, one module per workflow step.
+
+Each module in :data:`COMMANDS` defines ``register(subparsers)``, which adds its subcommand(s) and sets
+``func(args) -> int`` on the parser. User errors (:class:`~landcover.errors.LandcoverError`) and bad usage
+print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import LandcoverError
+
+#: Subcommand modules, in workflow order.
+COMMANDS = ("export",)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but bad usage prints a single line (and exit code 2) instead of usage plus message."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = OneLineParser(
+        prog="landcover",
+        description="From raw imagery to a land-cover map: export training chips, train a U-Net, classify "
+        "rasters of any size, evaluate and map the result.",
+    )
+    parser.add_argument("--version", action="version", version=f"landcover {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except LandcoverError as exc:
+        print(f"landcover {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"landcover {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Placeholder module replaced by the export helper."""
+def register(sub):
+    sub.add_parser("export", help="export training chips (Classified Tiles)")

@@ -1,0 +1,46 @@
+"""Shared fixtures: rasters written with rasterio in real projected CRSs, and the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test when it is absent (fresh clones without it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def write_raster(path, array, crs="EPSG:32617", transform=None, nodata=None, colormap=None, **kw) -> Path:
+    """Write a (bands, h, w) or (h, w) array as a GeoTIFF; returns the path."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    if transform is None:
+        transform = from_origin(500000.0, 4300000.0, 1.0, 1.0)
+    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
+                   dtype=array.dtype, crs=crs, transform=transform, nodata=nodata, **kw)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+        if colormap:
+            ds.write_colormap(1, colormap)
+    return Path(path)
+
+
+@pytest.fixture
+def make_raster(tmp_path):
+    """Factory: ``make_raster(name, array, **profile)`` writes a GeoTIFF under tmp_path."""
+
+    def _make(name, array, **kw):
+        return write_raster(tmp_path / name, array, **kw)
+
+    return _make

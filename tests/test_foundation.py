@@ -1,0 +1,111 @@
+"""The foundation: CLI conventions, class tables, grids and safe outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from landcover.classes import ClassInfo, load_classes_json, read_class_table, write_class_table
+from landcover.errors import LandcoverError
+from landcover.raster import Grid, GridReader, atomic_output, iter_windows, open_imagery, target_grid
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "landcover.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_help_and_bad_usage():
+    ok = run_cli("--help")
+    assert ok.returncode == 0 and "export" in ok.stdout
+    bad = run_cli("no-such-command")
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_class_table_round_trip(make_raster, tmp_path):
+    path = make_raster("cls.tif", np.array([[1, 2], [3, 0]], dtype="uint8"), nodata=0)
+    classes = [ClassInfo(1, "Water", (0, 197, 255)), ClassInfo(2, "Tree Canopy", (38, 115, 0)),
+               ClassInfo(3, "Roads & paths", (0, 0, 0))]
+    write_class_table(path, classes)
+    assert read_class_table(path) == classes
+    with rasterio.open(path) as ds:
+        assert ds.colormap(1)[1] == (0, 197, 255, 255)
+    assert 'label="Roads &amp; paths"' in path.with_suffix(".qml").read_text()
+
+
+def test_classes_json_forms(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"1": {"name": "Water", "color": "#00c5ff"}, "5": "Low Vegetation"}')
+    cls = load_classes_json(f)
+    assert [c.value for c in cls] == [1, 5] and cls[0].color == (0, 197, 255) and cls[1].name == "Low Vegetation"
+    f.write_text('{"0": "nothing"}')
+    with pytest.raises(LandcoverError, match="outside 1..255"):
+        load_classes_json(f)
+
+
+def test_target_grid_extent_in_other_crs_and_cell_size():
+    src = Grid(rasterio.crs.CRS.from_epsg(32617), from_origin(500000, 4300000, 1, 1), 1000, 1000)
+    assert target_grid(src) == src
+    # An extent in Web Mercator around the raster's centre, snapped to source pixels.
+    from rasterio.warp import transform_bounds
+    wm = transform_bounds("EPSG:32617", "EPSG:3857", 500200, 4299200, 500400, 4299400)
+    g = target_grid(src, extent=wm, extent_crs="EPSG:3857")
+    assert g.res == (1.0, 1.0) and g.crs == src.crs
+    left, b, r, t = g.bounds
+    assert left <= 500200 + 1 and r >= 500400 - 1 and b <= 4299200 + 1 and t >= 4299400 - 1
+    g2 = target_grid(src, cell_size=2)
+    assert (g2.width, g2.height, g2.res) == (500, 500, (2.0, 2.0))
+    with pytest.raises(LandcoverError, match="xmin must be < xmax"):
+        target_grid(src, extent=(5, 0, 1, 1))
+    with pytest.raises(LandcoverError, match="does not overlap"):
+        target_grid(src, extent=(0, 0, 1, 1))
+
+
+def test_grid_reader_windows_and_nodata(make_raster):
+    arr = np.arange(100, dtype="uint16").reshape(1, 10, 10) + 1
+    arr[0, :2, :] = 0
+    path = make_raster("img.tif", arr, nodata=0)
+    with rasterio.open(path) as ds, GridReader(ds, Grid.of(ds)) as rd:
+        data, valid = rd.read(Window(-2, -2, 6, 6))
+        assert data.shape == (1, 6, 6)
+        assert not valid[:4].any() and valid[4:, 2:].all()
+        assert (data[0, 4:, 2:] == arr[0, 2:4, 0:4]).all()
+    with rasterio.open(path) as ds, GridReader(ds, target_grid(Grid.of(ds), cell_size=2)) as rd:
+        data, valid = rd.read(Window(0, 0, 5, 5))
+        assert data.shape == (1, 5, 5) and valid[1:].all() and not valid[0].any()
+
+
+def test_open_imagery_stacks_band_files(make_raster):
+    a = make_raster("b1.tif", np.full((5, 5), 1, "uint16"))
+    b = make_raster("b2.tif", np.full((5, 5), 2, "uint16"))
+    with open_imagery([a, b]) as ds:
+        assert ds.count == 2 and (ds.read(2) == 2).all() and ds.crs.to_epsg() == 32617
+    c = make_raster("b3.tif", np.full((5, 5), 2, "uint16"), transform=from_origin(0, 0, 1, 1))
+    with pytest.raises(LandcoverError, match="b3.tif: band file is not on the grid"):
+        open_imagery([a, c])
+
+
+def test_iter_windows_cover_edges():
+    wins = list(iter_windows(10, 7, 4, 3))
+    cols = sorted({w.col_off for w in wins})
+    rows = sorted({w.row_off for w in wins})
+    assert cols == [0, 3, 6] and rows == [0, 3]
+    assert list(iter_windows(3, 3, 4)) == [Window(0, 0, 4, 4)]
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.tif"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
