@@ -1,0 +1,11 @@
+"""The segmentation model: a ResNet encoder, a U-Net decoder and a 1x1-conv head, in plain torch.
+
+Split as in segmentation_models_pytorch: :mod:`.encoder` (ResNet-18/34/50 with torchvision's state-dict keys),
+:mod:`.decoder` (U-Net), :mod:`.unet` (the assembled model), :mod:`.pretrained` (loading ImageNet weights).
+"""
+
+from .encoder import BACKBONES, ResNetEncoder
+from .pretrained import load_pretrained_encoder
+from .unet import UNet
+
+__all__ = ["BACKBONES", "ResNetEncoder", "UNet", "load_pretrained_encoder"]

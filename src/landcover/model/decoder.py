@@ -1,0 +1,42 @@
+"""The U-Net decoder: upsample, concatenate the encoder skip, two 3x3 conv-BN-ReLU, five times."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, skip: int, cout: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(cin + skip, cout)
+        self.conv2 = conv_bn_relu(cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class UNetDecoder(nn.Module):
+    """Decoder over encoder features ``[1/2, 1/4, 1/8, 1/16, 1/32]``; returns a full-resolution feature map."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...] = (256, 128, 64, 32, 16)):
+        super().__init__()
+        skips = list(encoder_channels[:-1][::-1]) + [0]  # 1/16, 1/8, 1/4, 1/2, then none at full resolution
+        cins = [encoder_channels[-1], *channels[:-1]]
+        self.blocks = nn.ModuleList(DecoderBlock(ci, s, co) for ci, s, co in zip(cins, skips, channels, strict=True))
+        self.out_channels = channels[-1]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        skips = features[:-1][::-1] + [None]
+        x = features[-1]
+        for block, skip in zip(self.blocks, skips, strict=True):
+            x = block(x, skip)
+        return x
