@@ -131,24 +131,37 @@ def classes_from_esri(entries: list[dict]) -> list[ClassInfo]:
 
 # --- class tables on rasters -------------------------------------------------------------------------------
 
-def write_class_table(path: str | os.PathLike, classes: list[ClassInfo], nodata: int | None = 0) -> None:
+def colormap_of(classes: list[ClassInfo], nodata: int | None = 0) -> dict[int, tuple[int, int, int, int]]:
+    """A rasterio colour map (value -> RGBA) for the classes; nodata is transparent."""
+    cmap = {c.value: (*c.color, 255) for c in classes}
+    if nodata is not None:
+        cmap.setdefault(int(nodata), (0, 0, 0, 0))
+    return cmap
+
+
+def write_class_table(path: str | os.PathLike, classes: list[ClassInfo], nodata: int | None = 0,
+                      in_file: bool = True) -> None:
     """Attach the class table to a single-band classified GeoTIFF, for GDAL, QGIS and ArcGIS.
 
-    Writes the colour table into the file, the class names as a GDAL raster attribute table in the
-    ``<file>.aux.xml`` sidecar (GDAL merges PAM sidecars on open), and a QGIS paletted style ``<stem>.qml``.
-    Call it on a closed file.
+    Writes the colour table and a ``LANDCOVER_CLASSES`` band tag into the file (unless ``in_file`` is False,
+    e.g. for a COG whose colour table was set before the copy — updating a COG in place breaks its layout),
+    the class names as a GDAL raster attribute table in the ``<file>.aux.xml`` sidecar (GDAL merges PAM
+    sidecars on open), and a QGIS paletted style ``<stem>.qml``. Call it on a closed file.
     """
     import rasterio
 
     path = Path(path)
-    cmap = {c.value: (*c.color, 255) for c in classes}
-    if nodata is not None:
-        cmap.setdefault(int(nodata), (0, 0, 0, 0))
-    with rasterio.open(path, "r+") as ds:
-        ds.write_colormap(1, cmap)
-        ds.update_tags(1, LANDCOVER_CLASSES=json.dumps([c.to_esri() for c in classes]))
+    if in_file:
+        with rasterio.open(path, "r+") as ds:
+            ds.write_colormap(1, colormap_of(classes, nodata))
+            ds.update_tags(1, LANDCOVER_CLASSES=class_tag(classes))
     _write_rat_sidecar(path, classes)
     _write_qml(path.with_suffix(".qml"), classes)
+
+
+def class_tag(classes: list[ClassInfo]) -> str:
+    """The ``LANDCOVER_CLASSES`` band-tag value (Esri ``Classes`` JSON) that :func:`read_class_table` reads."""
+    return json.dumps([c.to_esri() for c in classes])
 
 
 def _write_rat_sidecar(path: Path, classes: list[ClassInfo]) -> None:
