@@ -22,9 +22,20 @@ from .errors import LandcoverError  # noqa: E402
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "export_training_data": "export",
+    "prepare_data": "data",
+    "UnetClassifier": "train",
+    "classify_pixels": "classify",
+    "class_areas": "areas",
+    "render_map": "maps",
 }
 
-__all__ = ["ClassInfo", "LandcoverError", "__version__", *_LAZY]
+# `evaluate` and `vectorize` share their module's name. Python binds a submodule on its package when it is first
+# imported, which would shadow a lazily served function; importing them here (numpy + rasterio, no torch) makes
+# the package attribute the function for good.
+from .evaluate import evaluate  # noqa: E402
+from .vectorize import vectorize  # noqa: E402
+
+__all__ = ["ClassInfo", "LandcoverError", "__version__", "evaluate", "vectorize", *_LAZY]
 
 
 def __getattr__(name: str):

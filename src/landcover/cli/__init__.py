@@ -14,7 +14,7 @@ import sys
 from ..errors import LandcoverError
 
 #: Subcommand modules, in workflow order.
-COMMANDS = ("export",)
+COMMANDS = ("export", "train", "classify", "evaluate")
 
 
 class OneLineParser(argparse.ArgumentParser):

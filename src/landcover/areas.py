@@ -1,0 +1,233 @@
+"""How much of each class a classified raster holds: pixels, area, hectares and percent per class.
+
+The raster is read in strips of whole rows, so any size works in bounded memory. Areas come from the pixel
+size in the CRS's linear unit (metres, US survey feet, ...). A geographic CRS (degrees) gets geodesic pixel
+areas on the CRS's ellipsoid (:class:`pyproj.Geod`): all pixels of a row of a north-up geographic grid have the
+same area, so one polygon-area computation per row is exact and cheap — more useful than refusing such rasters,
+and more honest than a degree² area.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from .classes import read_class_table
+from .errors import LandcoverError
+from .raster import Grid, atomic_output, open_raster
+
+#: Pixels per strip read at once (about 8 MB per int64 work array); larger strips were no faster.
+STRIP_PIXELS = 1 << 20
+
+
+def strips(width: int, height: int, pixels: int | None = None):
+    """Full-width windows of about ``pixels`` (default :data:`STRIP_PIXELS`) pixels, top to bottom."""
+    rows = max(1, (pixels or STRIP_PIXELS) // max(1, width))
+    for r in range(0, height, rows):
+        yield Window(0, r, width, min(rows, height - r))
+
+
+def class_mask(data: np.ndarray, nodata) -> np.ndarray:
+    """Pixels that hold a class: not 0 (no data in every classified raster here), not nodata, not NaN."""
+    valid = data != 0
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= data != nodata
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data)
+    return valid
+
+
+def as_class_values(data: np.ndarray) -> np.ndarray:
+    """Class values as int64 (float rasters holding whole numbers are rounded, not truncated)."""
+    if data.dtype.kind == "f":
+        return np.rint(np.nan_to_num(data)).astype(np.int64)
+    return data.astype(np.int64, copy=False)
+
+
+def sum_by_value(values: np.ndarray, weights: np.ndarray | None = None) -> dict[int, float]:
+    """``{value: count or weight sum}`` of an int64 array; bincount when the values are small, else unique."""
+    if values.size == 0:
+        return {}
+    lo, hi = int(values.min()), int(values.max())
+    if lo >= 0 and hi < 65536:
+        sums = np.bincount(values, weights=weights, minlength=hi + 1)
+        keys = np.flatnonzero(np.bincount(values, minlength=hi + 1))
+        return {int(k): sums[k] for k in keys}
+    keys, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=weights)
+    return {int(k): s for k, s in zip(keys, sums, strict=True)}
+
+
+class PixelAreas:
+    """Area of one pixel per row of a grid: constant for a projected CRS, geodesic for a geographic one.
+
+    ``unit`` names what :meth:`rows` returns ("m²" for metre and geographic CRSs, else the CRS unit squared);
+    ``to_m2`` converts it to square metres.
+    """
+
+    def __init__(self, grid: Grid, what: str = "raster"):
+        crs, t = grid.crs, grid.transform
+        if crs is None:
+            raise LandcoverError(f"{what}: the raster has no CRS, so pixel areas are unknown; assign one "
+                                 "(gdal_edit.py -a_srs EPSG:...)")
+        self.grid = grid
+        self.geographic = bool(crs.is_geographic)
+        self._cache: dict[int, float] = {}
+        if self.geographic:
+            if t.b != 0 or t.d != 0:
+                raise LandcoverError(f"{what}: rotated geographic grids are not supported; warp the raster to a "
+                                     "north-up grid first (gdalwarp)")
+            self._geod = geod_for(crs)
+            self.unit, self.to_m2, self.method = "m²", 1.0, "geodesic"
+            return
+        name, factor = crs.linear_units_factor
+        self.constant = abs(t.a * t.e - t.b * t.d)
+        self.unit = "m²" if factor == 1.0 else f"{name}²"
+        self.to_m2 = factor * factor
+        self.method = "planar"
+
+    def rows(self, row_start: int, nrows: int) -> np.ndarray:
+        """Area of a pixel in each of ``nrows`` rows from ``row_start`` (in :attr:`unit`)."""
+        if not self.geographic:
+            return np.full(nrows, self.constant)
+        return np.array([self._row_area(r) for r in range(row_start, row_start + nrows)])
+
+    def mean(self) -> float:
+        """The area of a pixel in the middle row (the exact area for projected CRSs)."""
+        return float(self.rows(self.grid.height // 2, 1)[0])
+
+    def _row_area(self, row: int) -> float:
+        area = self._cache.get(row)
+        if area is None:
+            t = self.grid.transform
+            x0, y0, y1 = t.c, t.f + row * t.e, t.f + (row + 1) * t.e
+            # Pixel edges along parallels are not geodesics: densify them so wide pixels stay exact.
+            n = int(min(64, max(1, math.ceil(abs(t.a) / 0.1))))
+            xs = x0 + np.linspace(0.0, t.a, n + 1)
+            lons = np.concatenate([xs, xs[::-1]])
+            lats = np.concatenate([np.full(n + 1, y0), np.full(n + 1, y1)])
+            area = abs(self._geod.polygon_area_perimeter(lons, lats)[0])
+            self._cache[row] = area
+        return area
+
+
+def geod_for(crs):
+    """A :class:`pyproj.Geod` on the CRS's ellipsoid (WGS84 when the CRS names none)."""
+    from pyproj import CRS as ProjCRS
+    from pyproj import Geod
+
+    ell = ProjCRS.from_user_input(crs.to_wkt()).ellipsoid
+    if ell is None:
+        return Geod(ellps="WGS84")
+    return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
+
+
+@dataclass(frozen=True)
+class ClassArea:
+    """One row of :class:`AreaTable`."""
+
+    value: int
+    name: str
+    pixels: int
+    area: float
+    hectares: float
+    percent: float
+
+
+@dataclass(frozen=True)
+class AreaTable:
+    """Per-class areas of a classified raster. ``area`` is in ``area_unit``; percent is of the classified area."""
+
+    raster: str
+    rows: list[ClassArea]
+    area_unit: str
+    method: str  # "planar" (projected CRS) or "geodesic" (geographic CRS)
+
+    @property
+    def total_pixels(self) -> int:
+        return sum(r.pixels for r in self.rows)
+
+    @property
+    def total_hectares(self) -> float:
+        return sum(r.hectares for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"raster": self.raster, "area_unit": self.area_unit, "method": self.method,
+                "classes": [asdict(r) for r in self.rows]}
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write ``value,name,pixels,area,area_unit,hectares,percent`` (one line per class), atomically."""
+        path = Path(path)
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["value", "name", "pixels", "area", "area_unit", "hectares", "percent"])
+            for r in self.rows:
+                w.writerow([r.value, r.name, r.pixels, f"{r.area:.6g}", self.area_unit, f"{r.hectares:.4f}",
+                            f"{r.percent:.4f}"])
+        return path
+
+    def format_table(self) -> str:
+        """A fixed-width table for the terminal."""
+        width = max([len("class"), *(len(r.name) for r in self.rows)])
+        area_head = f"area ({self.area_unit})"
+        lines = [f"{'value':>5}  {'class':<{width}}  {'pixels':>12}  {area_head:>16}  {'hectares':>12}  "
+                 f"{'percent':>7}"]
+        for r in self.rows:
+            lines.append(f"{r.value:>5}  {r.name:<{width}}  {r.pixels:>12,}  {r.area:>16,.1f}  {r.hectares:>12,.2f}  "
+                         f"{r.percent:>6.2f}%")
+        total_area = sum(r.area for r in self.rows)
+        lines.append(f"{'':>5}  {'total':<{width}}  {self.total_pixels:>12,}  {total_area:>16,.1f}  "
+                     f"{self.total_hectares:>12,.2f}  {100.0 if self.rows else 0.0:>6.2f}%")
+        if self.method == "geodesic":
+            lines.append("(geographic CRS: geodesic pixel areas on the CRS ellipsoid)")
+        return "\n".join(lines)
+
+
+def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None) -> AreaTable:
+    """Pixels, area, hectares and percent of each class of a classified raster (nodata and 0 excluded).
+
+    Args:
+        raster: single-band classified raster (class values; 0 or the raster's nodata = no data).
+        out: optional CSV path for the table.
+
+    Returns:
+        An :class:`AreaTable`; class names come from the raster's class table when it has one.
+    """
+    path = str(raster)
+    with open_raster(path, "classified raster") as ds:
+        grid = Grid.of(ds)
+        areas = PixelAreas(grid, path)
+        pixels: dict[int, float] = {}
+        area: dict[int, float] = {}
+        for win in strips(ds.width, ds.height):
+            data = ds.read(1, window=win)
+            valid = class_mask(data, ds.nodata)
+            values = as_class_values(data[valid])
+            for k, n in sum_by_value(values).items():
+                pixels[k] = pixels.get(k, 0) + n
+            if areas.geographic:
+                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], data.shape)
+                for k, a in sum_by_value(values, row_area[valid]).items():
+                    area[k] = area.get(k, 0.0) + a
+    if not areas.geographic:
+        area = {k: n * areas.constant for k, n in pixels.items()}
+    names = _names(path, pixels)
+    total = sum(area.values())
+    rows = [ClassArea(k, names[k], int(pixels[k]), float(area[k]), float(area[k] * areas.to_m2 / 1e4),
+                      float(100.0 * area[k] / total) if total else 0.0) for k in sorted(pixels)]
+    table = AreaTable(path, rows, areas.unit, areas.method)
+    if out is not None:
+        table.to_csv(out)
+    return table
+
+
+def _names(path: str, values) -> dict[int, str]:
+    """Class names from the raster's class table; values it does not name are named after themselves."""
+    known = {c.value: c.name for c in read_class_table(path)}
+    return {int(v): known.get(int(v), str(int(v))) for v in values}

@@ -1,0 +1,103 @@
+"""``landcover evaluate | areas | map | vectorize``: what to do with a classified raster."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="accuracy of a classified raster against a reference raster or polygons",
+        description="Confusion matrix (rows = map, columns = reference), overall/user's/producer's accuracy, "
+        "per-class precision, recall, F1 and IoU, mean IoU and kappa; with --sample, area-adjusted accuracy and "
+        "class areas with 95 % confidence intervals (Olofsson et al. 2014).")
+    p.add_argument("--prediction", required=True, metavar="P.tif", help="classified raster")
+    p.add_argument("--reference", required=True, metavar="R",
+                   help="reference raster (any grid/CRS) or polygons (.gpkg, .shp, .geojson, ...)")
+    p.add_argument("--class-field", metavar="F", help="class field of reference polygons (default: classvalue, "
+                   "value, ... if present)")
+    p.add_argument("--out", metavar="report.json", help="JSON report; a <stem>_confusion.png heatmap goes beside it")
+    p.add_argument("--sample", type=int, metavar="N", help="draw N sample pixels from the map strata")
+    p.add_argument("--strategy", choices=("stratified", "equalized", "random"), default="stratified",
+                   help="sampling: stratified (proportional to class area, at least min(50, N/classes) per "
+                   "class), equalized (same per class) or random (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: %(default)s)")
+    p.set_defaults(func=_evaluate)
+
+    a = sub.add_parser("areas", help="pixels, hectares and percent of each class",
+                       description="Per-class pixels, area (CRS units; geodesic m² for geographic CRSs), "
+                       "hectares and percent; no data excluded.")
+    a.add_argument("raster", metavar="P.tif", help="classified raster")
+    a.add_argument("--out", metavar="areas.csv", help="write the table as CSV")
+    a.set_defaults(func=_areas)
+
+    m = sub.add_parser("map", help="a PNG map or a self-contained interactive HTML map",
+                       description="Classes in their colours over imagery, with legend, scale bar and title; "
+                       ".html gives an offline page with pan/zoom, layer toggles, opacity and the class under "
+                       "the cursor.")
+    m.add_argument("--classified", required=True, metavar="P.tif", help="classified raster")
+    m.add_argument("--imagery", nargs="+", metavar="IMG", help="imagery underneath (a raster or band files)")
+    m.add_argument("--bands", nargs="+", type=int, metavar="B", help="imagery bands, from 1 (e.g. 4 1 2)")
+    m.add_argument("--out", required=True, metavar="map.png|map.html", help="output map")
+    m.add_argument("--title", help="map title (default: the classified file's name)")
+    m.add_argument("--opacity", type=float, default=0.6, help="class opacity over imagery (default: %(default)s)")
+    m.add_argument("--size", nargs=2, type=int, default=(1600, 1000), metavar=("W", "H"),
+                   help="PNG size in pixels (default: 1600 1000)")
+    m.add_argument("--max-size", type=int, metavar="PX", help="longest side of the layers read (default: the "
+                   "PNG's longer side; 2048 for HTML)")
+    m.set_defaults(func=_map)
+
+    v = sub.add_parser("vectorize", help="polygons per class with a minimum mapping unit (GeoPackage)",
+                       description="Sieve to the minimum mapping unit, then polygonize; fields classvalue and "
+                       "classname, in the raster's CRS.")
+    v.add_argument("raster", metavar="P.tif", help="classified raster")
+    v.add_argument("--out", required=True, metavar="polygons.gpkg", help="output GeoPackage")
+    v.add_argument("--min-area", type=float, metavar="M", help="minimum mapping unit in CRS units² (m² for "
+                   "geographic CRSs); smaller patches merge into their largest neighbour")
+    v.add_argument("--connectivity", type=int, choices=(4, 8), default=4, help="pixel connectivity "
+                   "(default: %(default)s)")
+    v.set_defaults(func=_vectorize)
+
+
+def _evaluate(args) -> int:
+    from ..evaluate import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(args.prediction, args.reference, class_field=args.class_field, out=args.out,
+                          sample=args.sample, strategy=args.strategy, seed=args.seed)
+    print(report.format_table())
+    for w in caught:
+        print(f"landcover evaluate: warning: {w.message}", file=sys.stderr)
+    if args.out:
+        print(f"report: {args.out}")
+    return 0
+
+
+def _areas(args) -> int:
+    from ..areas import class_areas
+
+    table = class_areas(args.raster, out=args.out)
+    print(table.format_table())
+    if args.out:
+        print(f"table: {args.out}")
+    return 0
+
+
+def _map(args) -> int:
+    from ..maps import render_map
+
+    result = render_map(args.classified, imagery=args.imagery, bands=args.bands, out=args.out, title=args.title,
+                        opacity=args.opacity, size=tuple(args.size), max_size=args.max_size)
+    print(f"map: {result.path} ({len(result.legend)} classes)")
+    return 0
+
+
+def _vectorize(args) -> int:
+    from ..vectorize import vectorize
+
+    result = vectorize(args.raster, args.out, min_area=args.min_area, connectivity=args.connectivity)
+    print(f"polygons: {result['path']} ({result['features']:,} features, minimum {result['min_area_pixels']} "
+          "pixel(s))")
+    return 0

@@ -1,0 +1,256 @@
+"""Accuracy assessment of a classified raster against a reference raster or reference polygons.
+
+:func:`evaluate` streams the prediction in strips of whole rows, brings the reference onto the prediction's
+grid window by window (nearest neighbour for rasters, rasterization for polygons), excludes no data on either
+side and counts the confusion matrix (rows = map, columns = reference). With ``sample`` it also draws a
+stratified, equalized or simple random sample of pixels in the same pass and reports area-adjusted accuracy and
+class areas with 95 % confidence intervals following Olofsson et al. (2014).
+
+The module is called ``accuracy`` rather than ``evaluate`` so that ``landcover.evaluate`` stays the function:
+importing a submodule named like a lazily exported function would replace that attribute of the package.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..areas import PixelAreas, as_class_values, class_mask, strips, sum_by_value
+from ..classes import ClassInfo, read_class_table
+from ..errors import LandcoverError
+from ..raster import Grid, open_raster
+from .confusion import ConfusionCounter, confusion_metrics
+from .reference import open_reference
+from .report import CONVENTION, format_table, save_heatmap, write_json
+from .sampling import (
+    MIN_PER_STRATUM,
+    STRATEGIES,
+    BottomKSampler,
+    OlofssonEstimates,
+    allocate,
+    olofsson_estimates,
+)
+
+__all__ = ["AccuracyReport", "OlofssonEstimates", "confusion_metrics", "evaluate", "olofsson_estimates"]
+
+
+@dataclass
+class AccuracyReport:
+    """Result of :func:`evaluate`. ``matrix`` rows are map (prediction) classes, columns reference classes."""
+
+    prediction: str
+    reference: str
+    reference_kind: str
+    class_field: str | None
+    classes: list[ClassInfo]
+    matrix: np.ndarray
+    overall_accuracy: float
+    kappa: float
+    mean_iou: float
+    per_class: list[dict]
+    pixels_compared: int
+    prediction_pixels_without_reference: int
+    missing_from_prediction: list[int]
+    missing_from_reference: list[int]
+    sample: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The report as a JSON-ready dict (NaN metrics become null when written)."""
+        return {
+            "prediction": self.prediction,
+            "reference": self.reference,
+            "reference_kind": self.reference_kind,
+            "class_field": self.class_field,
+            "convention": CONVENTION,
+            "classes": [{"value": c.value, "name": c.name} for c in self.classes],
+            "confusion_matrix": self.matrix,
+            "pixels_compared": self.pixels_compared,
+            "prediction_pixels_without_reference": self.prediction_pixels_without_reference,
+            "overall_accuracy": self.overall_accuracy,
+            "kappa": self.kappa,
+            "mean_iou": self.mean_iou,
+            "mean_iou_over": "classes present in the map or the reference",
+            "per_class": self.per_class,
+            "reference_classes_missing_from_prediction": self.missing_from_prediction,
+            "prediction_classes_missing_from_reference": self.missing_from_reference,
+            "sample": self.sample,
+            "warnings": self.warnings,
+        }
+
+    def format_table(self) -> str:
+        """The report as a readable fixed-width table."""
+        return format_table(self.to_dict())
+
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write the JSON report and, beside it, ``<stem>_confusion.png``; returns both paths."""
+        path = Path(path)
+        doc = self.to_dict()
+        return write_json(doc, path), save_heatmap(doc, path.with_name(path.stem + "_confusion.png"))
+
+
+def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_field: str | None = None,
+             out: str | os.PathLike | None = None, sample: int | None = None, strategy: str = "stratified",
+             seed: int = 0) -> AccuracyReport:
+    """Compare a classified raster with a reference raster or reference polygons.
+
+    Args:
+        prediction: single-band classified raster (class values; 0 or its nodata = no data).
+        reference: a raster (any grid and CRS; resampled with nearest neighbour onto the prediction's grid) or a
+            vector file (.gpkg, .shp, .geojson, ...) of polygons, reprojected and rasterized per window.
+        class_field: the polygons' class field (integer values, or class names of the prediction's class table);
+            default: the first of classvalue, class_value, value, gridcode, classcode, class_id, class.
+        out: JSON report path; a confusion-matrix heatmap ``<stem>_confusion.png`` is written beside it.
+        sample: draw this many pixels from the map strata and add Olofsson et al. (2014) estimates.
+        strategy: ``stratified`` (proportional to map class area, at least min(50, sample // classes) per class),
+            ``equalized`` (the same number per class) or ``random`` (simple random over all pixels).
+        seed: random seed of the sample.
+
+    Pixels are compared where both sides have data; the sample is drawn from the same pixels, so the estimated
+    areas cover the assessed area. Reference classes the prediction never contains are reported in
+    ``missing_from_prediction`` (and as a warning), not an error.
+    """
+    if sample is not None:
+        if strategy not in STRATEGIES:
+            raise LandcoverError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if int(sample) < 1:
+            raise LandcoverError(f"--sample {sample}: the sample size must be at least 1")
+    pred_path, ref_path = str(prediction), str(reference)
+    with open_raster(pred_path, "prediction raster") as ds:
+        if ds.count != 1:
+            raise LandcoverError(f"{pred_path}: a classified raster has one band, this one has {ds.count}")
+        grid = Grid.of(ds)
+        if sample is not None and int(sample) > grid.width * grid.height:
+            raise LandcoverError(f"--sample {sample}: larger than the {grid.width * grid.height:,} pixels of "
+                                 f"{pred_path}; use a smaller sample")
+        pred_classes = read_class_table(pred_path)
+        ref = open_reference(ref_path, grid, class_field, pred_classes)
+        try:
+            counter, sampler, strata_m2, unassessed, areas = _stream(ds, grid, ref, sample, strategy, seed)
+        finally:
+            ref.close()
+    values, matrix = counter.matrix()
+    if counter.total == 0:
+        raise LandcoverError(f"{pred_path} and {ref_path}: no pixel has a class in both after excluding no data; "
+                             "check the nodata values and that the rasters cover the same area")
+    classes = _class_list(values, pred_classes, ref.classes)
+    m = confusion_metrics(matrix)
+    per_class = [
+        {"value": c.value, "name": c.name, "map_pixels": int(m["map_totals"][i]),
+         "reference_pixels": int(m["reference_totals"][i]), "correct": int(m["correct"][i]),
+         **{k: float(m[k][i]) for k in ("users_accuracy", "producers_accuracy", "precision", "recall", "f1", "iou")}}
+        for i, c in enumerate(classes)
+    ]
+    missing_pred = [v for i, v in enumerate(values) if m["reference_totals"][i] > 0 and m["map_totals"][i] == 0]
+    missing_ref = [v for i, v in enumerate(values) if m["map_totals"][i] > 0 and m["reference_totals"][i] == 0]
+    notes = []
+    if missing_pred:
+        notes.append(f"reference classes missing from the prediction: {', '.join(map(str, missing_pred))} "
+                     "(their producer's accuracy and IoU are 0)")
+    report = AccuracyReport(
+        prediction=pred_path, reference=ref_path, reference_kind=ref.kind, class_field=ref.class_field,
+        classes=classes, matrix=matrix, overall_accuracy=m["overall_accuracy"], kappa=m["kappa"],
+        mean_iou=m["mean_iou"], per_class=per_class, pixels_compared=counter.total,
+        prediction_pixels_without_reference=unassessed, missing_from_prediction=missing_pred,
+        missing_from_reference=missing_ref, warnings=notes,
+    )
+    if sample is not None:
+        report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata_m2,
+                                        areas, grid, notes)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    if out is not None:
+        report.save(out)
+    return report
+
+
+def _stream(ds, grid: Grid, ref, sample, strategy, seed):
+    """One pass over the prediction: confusion counts, the sample reservoirs and the strata areas."""
+    counter = ConfusionCounter()
+    sampler = BottomKSampler(int(sample), seed, by_stratum=strategy != "random") if sample is not None else None
+    areas = PixelAreas(grid, ds.name) if sample is not None and grid.crs is not None else None
+    strata_m2: dict[int, float] = {}
+    unassessed = 0
+    for win in strips(grid.width, grid.height):
+        data = ds.read(1, window=win)
+        pvalid = class_mask(data, ds.nodata)
+        rvals, rvalid = ref.read(win)
+        both = pvalid & rvalid
+        unassessed += int(np.count_nonzero(pvalid & ~rvalid))
+        mapped, truth = as_class_values(data[both]), rvals[both]
+        counter.add(mapped, truth)
+        if sampler is not None:
+            sampler.offer(np.flatnonzero(both) + int(win.row_off) * grid.width, mapped, truth)
+            if areas is not None and areas.geographic:
+                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], both.shape)
+                for k, a in sum_by_value(mapped, row_area[both]).items():
+                    strata_m2[k] = strata_m2.get(k, 0.0) + a
+    return counter, sampler, strata_m2, unassessed, areas
+
+
+def _class_list(values: list[int], *tables: list[ClassInfo]) -> list[ClassInfo]:
+    """Names and colours from the prediction's class table, then the reference's, else generated."""
+    from ..classes import generated_color
+
+    known: dict[int, ClassInfo] = {}
+    for table in reversed(tables):
+        known.update({c.value: c for c in table})
+    return [known.get(v, ClassInfo(v, str(v), generated_color(v))) for v in values]
+
+
+def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata_m2,
+                    areas: PixelAreas | None, grid: Grid, notes: list[str]) -> dict:
+    strata_pixels = {v: int(n) for v, n in zip(values, matrix.sum(axis=1), strict=True) if n > 0}
+    allocation = allocate(strategy, size, strata_pixels)
+    units = sampler.draw(allocation)
+    index = {v: i for i, v in enumerate(values)}
+    k = len(values)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, ([index[int(v)] for v in units["map"]], [index[int(v)] for v in units["ref"]]), 1)
+    # Stratum sizes in hectares when the CRS gives areas (geodesic sums for geographic CRSs), else in pixels.
+    pixels = np.array([strata_pixels.get(v, 0) for v in values], dtype=float)
+    if areas is None:
+        sizes, unit = pixels, "pixels"
+    elif areas.geographic:
+        sizes, unit = np.array([strata_m2.get(v, 0.0) / 1e4 for v in values]), "ha"
+    else:
+        sizes, unit = pixels * (areas.constant * areas.to_m2 / 1e4), "ha"
+    est = olofsson_estimates(counts, sizes)
+    n_i = counts.sum(axis=1)
+    thin = [str(v) for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
+    if thin:
+        notes.append(f"map classes with fewer than 2 sample units ({', '.join(thin)}): their sampling variance "
+                     "is not estimated; use a larger sample or the stratified/equalized strategy")
+    rows, cols = np.divmod(units["pixel"], grid.width)
+    return {
+        "size": size, "strategy": strategy, "seed": seed,
+        "min_per_stratum": min(MIN_PER_STRATUM, size // max(1, len(strata_pixels))) if strategy == "stratified"
+        else None,
+        "frame": "pixels with a class in both the prediction and the reference",
+        "area_unit": unit,
+        "strata_pixels": pixels,
+        "strata_area": sizes,
+        "counts": counts,
+        "counts_convention": "rows = map class (stratum), columns = reference class",
+        "estimates": {
+            "classes": [
+                {"value": c.value, "name": c.name, "sample_units": int(n_i[i]), "map_area": float(est.map_area[i]),
+                 "area": float(est.area[i]), "area_se": float(est.area_se[i]),
+                 "area_ci95": float(est.area_ci95[i]),
+                 "users_accuracy": float(est.users_accuracy[i]), "users_ci95": float(est.users_ci95[i]),
+                 "producers_accuracy": float(est.producers_accuracy[i]),
+                 "producers_ci95": float(est.producers_ci95[i])}
+                for i, c in enumerate(classes)
+            ],
+            "overall_accuracy": est.overall_accuracy,
+            "overall_ci95": est.overall_ci95,
+            "error_matrix_proportions": est.proportions,
+        },
+        "units": [[int(r), int(c), int(m), int(t)] for r, c, m, t in zip(rows, cols, units["map"], units["ref"],
+                                                                         strict=True)],
+        "units_columns": ["row", "col", "map", "reference"],
+    }

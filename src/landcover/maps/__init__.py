@@ -1,0 +1,70 @@
+"""Maps of a classified raster: a static PNG (matplotlib) or a self-contained interactive HTML page.
+
+Both read the rasters decimated to display size (from overviews when the files have them — build them with
+``gdaladdo`` for rasters of several GB), so memory depends on the output size, not on the raster size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LandcoverError
+from .layers import read_classes, read_imagery
+
+__all__ = ["MapResult", "render_map"]
+
+
+@dataclass
+class MapResult:
+    """What :func:`render_map` wrote: the file, its format, the legend entries and details of the drawing."""
+
+    path: Path
+    format: str
+    legend: list[str]
+    title: str
+    details: dict = field(default_factory=dict)
+
+
+def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | None = None,
+               out: str | os.PathLike = "map.png", title: str | None = None, opacity: float = 0.6,
+               size: tuple[int, int] = (1600, 1000), max_size: int | None = None,
+               clip: tuple[float, float] = (2.0, 98.0)) -> MapResult:
+    """Render a classified raster, optionally over imagery, to a PNG or an interactive HTML page.
+
+    Args:
+        classified: single-band classified raster with a class table (names and colours; generated otherwise).
+        imagery: raster path, or a list of single-band files stacked in order, drawn underneath.
+        bands: imagery bands to show, numbered from 1 (three for red, green, blue, or one for grey);
+            default 1 2 3 (or 1 for single-band imagery). Example: 4 1 2 for colour infrared from NAIP.
+        out: ``.png`` for a static map, ``.html``/``.htm`` for an interactive page (works offline).
+        title: map title (default: the classified file's name).
+        opacity: opacity of the classes over the imagery, 0..1.
+        size: PNG size in pixels (width, height).
+        max_size: longest side of the layers read, in pixels (default: the PNG's longer side, 2048 for HTML).
+        clip: percentiles of the imagery stretch.
+    """
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("png", "html", "htm"):
+        raise LandcoverError(f"{out}: the map must be a .png or an .html file")
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise LandcoverError(f"--opacity {opacity}: must be between 0 and 1")
+    if fmt == "png" and (len(size) != 2 or min(size) < 100 or max(size) > 20000):
+        raise LandcoverError(f"--size {' '.join(map(str, size))}: give width and height between 100 and 20000 pixels")
+    if not 0 <= clip[0] < clip[1] <= 100:
+        raise LandcoverError(f"clip {clip}: percentiles must satisfy 0 <= low < high <= 100")
+    title = title if title is not None else Path(classified).stem
+    limit = int(max_size) if max_size else (max(size) if fmt == "png" else 2048)
+    classes = read_classes(str(classified), limit)
+    layer = read_imagery(imagery, bands, classes.grid, limit, clip) if imagery else None
+    if fmt == "png":
+        from .static import render_png
+
+        details = render_png(out, classes, layer, title, float(opacity), size)
+    else:
+        from .interactive import render_html
+
+        details = render_html(out, classes, layer, title, float(opacity))
+    return MapResult(out, "png" if fmt == "png" else "html", details["legend"], title, details)

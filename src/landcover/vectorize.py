@@ -1,0 +1,153 @@
+"""Polygons from a classified raster, with a minimum mapping unit, written to a GeoPackage.
+
+How memory stays bounded without cutting polygons at window seams: the raster is copied window by window into a
+disk-backed :class:`numpy.memmap`, and GDAL's sieve filter and polygonizer (through
+:func:`rasterio.features.sieve` / :func:`~rasterio.features.shapes`) walk it scanline by scanline. Their memory
+grows with the number of polygons being built, not with the raster size, and the operating system pages the
+memmap in and out as needed. Because the whole raster is processed at once, a field that crosses any window
+boundary stays one polygon — no dissolve step is needed. Polygons are written in batches.
+
+Minimum mapping unit: connected patches smaller than ``min_area`` are merged into their largest neighbour
+(GDAL's sieve). No data counts as a neighbour, so small specks inside no data disappear; no-data pixels
+themselves are never turned into a class (they are restored after sieving).
+
+The module is called ``polygons`` rather than ``vectorize`` so that ``landcover.vectorize`` stays the function
+(importing a submodule of that name would replace the lazily exported attribute).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .areas import PixelAreas, as_class_values, class_mask, strips
+from .classes import read_class_table
+from .errors import LandcoverError
+from .raster import Grid, atomic_output, check_writable_dir, open_raster
+
+#: Features written per GeoPackage append.
+BATCH = 20000
+
+#: Field names match what ArcGIS's Export Training Data looks for, so the output can be used as labels again.
+VALUE_FIELD, NAME_FIELD = "classvalue", "classname"
+
+_GDAL_INT_TYPES = {"uint8", "uint16", "int16", "int32"}
+
+
+def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") -> int:
+    """The minimum mapping unit in pixels (rounded up).
+
+    ``min_area`` is in CRS units² for projected CRSs; for a geographic CRS it is in m², converted with the
+    geodesic area of a pixel in the raster's middle row.
+    """
+    if min_area is None or min_area <= 0:
+        if min_area is not None and min_area < 0:
+            raise LandcoverError(f"--min-area {min_area}: must be >= 0")
+        return 1
+    pixel = PixelAreas(grid, what).mean()
+    return max(1, math.ceil(min_area / pixel - 1e-9))
+
+
+def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float | None = None,
+              connectivity: int = 4, layer: str | None = None) -> dict:
+    """Polygons per class of a classified raster, in its CRS, with fields ``classvalue`` and ``classname``.
+
+    Args:
+        raster: single-band classified raster (class values; 0 or its nodata = no data).
+        out: output GeoPackage (.gpkg), written to a temporary file and renamed when complete.
+        min_area: minimum mapping unit in CRS units² (m² for a geographic CRS); smaller patches are merged into
+            their largest neighbour before polygonizing. None or 0: keep every pixel.
+        connectivity: 4 (edge neighbours, GDAL's default) or 8 (corners too), for sieve and polygons alike.
+        layer: layer name (default: the output file's stem).
+
+    Returns:
+        ``{"path", "layer", "features", "min_area_pixels", "per_class": {value: feature count}}``.
+    """
+    from rasterio.features import shapes, sieve
+
+    if connectivity not in (4, 8):
+        raise LandcoverError(f"connectivity {connectivity}: use 4 or 8")
+    out = Path(out)
+    if out.suffix.lower() != ".gpkg":
+        raise LandcoverError(f"{out}: write polygons to a GeoPackage (.gpkg)")
+    check_writable_dir(out.parent)
+    path = str(raster)
+    names = {c.value: c.name for c in read_class_table(path)}
+    with open_raster(path, "classified raster") as ds:
+        if ds.count != 1:
+            raise LandcoverError(f"{path}: a classified raster has one band, this one has {ds.count}")
+        grid = Grid.of(ds)
+        min_pixels = min_area_pixels(min_area, grid, path)
+        dtype = ds.dtypes[0] if ds.dtypes[0] in _GDAL_INT_TYPES else "int32"
+        # The work rasters live beside the output: same disk, and removed whatever happens.
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".landcover-vectorize-") as tmpdir:
+            classes = np.memmap(Path(tmpdir) / "classes.raw", dtype=dtype, mode="w+",
+                                shape=(grid.height, grid.width))
+            any_class = _copy_classes(ds, classes)
+            if not any_class:
+                raise LandcoverError(f"{path}: every pixel is no data (0 or nodata); nothing to vectorize")
+            if min_pixels > 1:
+                sieved = np.memmap(Path(tmpdir) / "sieved.raw", dtype=dtype, mode="w+",
+                                   shape=(grid.height, grid.width))
+                sieve(classes, min_pixels, out=sieved, connectivity=connectivity)
+                for win in strips(grid.width, grid.height):
+                    rows = slice(int(win.row_off), int(win.row_off + win.height))
+                    nodata = classes[rows] == 0
+                    sieved[rows][nodata] = 0
+                classes = sieved
+            counts: dict[int, int] = {}
+            layer = layer or out.stem
+            with atomic_output(out) as tmp:
+                written = 0
+                batch_geoms, batch_values = [], []
+                for geom, value in shapes(classes, connectivity=connectivity, transform=grid.transform):
+                    if value == 0:
+                        continue
+                    batch_geoms.append(geom)
+                    batch_values.append(int(value))
+                    if len(batch_geoms) >= BATCH:
+                        written += _write(tmp, layer, grid, batch_geoms, batch_values, names,
+                                          append=written > 0)
+                        batch_geoms, batch_values = [], []
+                    counts[int(value)] = counts.get(int(value), 0) + 1
+                if batch_geoms or written == 0:
+                    written += _write(tmp, layer, grid, batch_geoms, batch_values, names,
+                                      append=written > 0)
+    return {"path": str(out), "layer": layer, "features": written, "min_area_pixels": min_pixels,
+            "per_class": dict(sorted(counts.items()))}
+
+
+def _copy_classes(ds, dest: np.memmap) -> bool:
+    """Copy the class values into ``dest`` with every kind of no data as 0; True if any pixel has a class."""
+    found = False
+    for win in strips(ds.width, ds.height):
+        data = ds.read(1, window=win)
+        valid = class_mask(data, ds.nodata)
+        block = np.where(valid, as_class_values(data), 0)
+        if block.dtype != dest.dtype:
+            info = np.iinfo(dest.dtype)
+            if valid.any() and (block.min() < info.min or block.max() > info.max):
+                raise LandcoverError(f"{ds.name}: class values outside the {dest.dtype} range cannot be "
+                                     "vectorized; recode them")
+            block = block.astype(dest.dtype)
+        dest[int(win.row_off):int(win.row_off + win.height)] = block
+        found = found or bool(valid.any())
+    dest.flush()
+    return found
+
+
+def _write(path: Path, layer: str, grid: Grid, geoms: list, values: list[int],
+           names: dict[int, str], append: bool) -> int:
+    import shapely
+    from pyogrio.raw import write
+
+    geometry = shapely.to_wkb(np.array([shapely.geometry.shape(g) for g in geoms], dtype=object))
+    field_data = [np.array(values, dtype=np.int32),
+                  np.array([names.get(v, str(v)) for v in values], dtype=object)]
+    write(str(path), geometry, field_data, [VALUE_FIELD, NAME_FIELD], layer=layer, driver="GPKG",
+                  geometry_type="Polygon", crs=grid.crs.to_wkt() if grid.crs else None, append=append)
+    return len(geoms)

@@ -1,0 +1,112 @@
+"""Class areas: projected CRSs (metres and feet, non-square pixels), geodesic areas for geographic CRSs, CSV and CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from rasterio.transform import Affine, from_origin
+
+import landcover.areas
+from conftest import write_raster
+from landcover.areas import class_areas
+from landcover.classes import ClassInfo, write_class_table
+from landcover.cli import main
+from landcover.errors import LandcoverError
+
+
+def test_projected_areas_nodata_names_and_csv(tmp_path, monkeypatch):
+    monkeypatch.setattr(landcover.areas, "STRIP_PIXELS", 50)  # many strips
+    a = np.zeros((30, 40), np.uint8)
+    a[:10] = 1
+    a[10:25, :30] = 7
+    a[25:, :] = 255  # nodata
+    a[12, 35] = 0  # 0 is no data too
+    counts = {1: 400, 7: 450, 0: int((a == 0).sum())}
+    path = write_raster(tmp_path / "c.tif", a, nodata=255, transform=Affine(2.0, 0, 500000, 0, -3.0, 4300000))
+    write_class_table(path, [ClassInfo(1, "Water", (0, 0, 255)), ClassInfo(7, "Roads", (9, 9, 9))])
+    table = class_areas(path, out=tmp_path / "areas.csv")
+    assert [(r.value, r.name, r.pixels) for r in table.rows] == [(1, "Water", 400), (7, "Roads", 450)]
+    assert table.area_unit == "m²" and table.method == "planar"
+    assert table.rows[0].area == pytest.approx(400 * 6.0)
+    assert table.rows[1].hectares == pytest.approx(450 * 6.0 / 1e4)
+    assert table.rows[0].percent == pytest.approx(100 * 400 / 850)
+    assert counts[0] > 0  # the fixture really had 0-valued pixels that must not be counted
+    with open(tmp_path / "areas.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["name"] for r in rows] == ["Water", "Roads"]
+    assert float(rows[1]["hectares"]) == pytest.approx(0.27)
+    assert "Water" in table.format_table() and "total" in table.format_table()
+
+
+def test_feet_crs_reports_feet_and_true_hectares(tmp_path):
+    a = np.ones((10, 10), np.uint8)
+    path = write_raster(tmp_path / "ft.tif", a, crs="EPSG:2263", transform=from_origin(1000000, 200000, 10, 10))
+    table = class_areas(path)
+    assert "foot" in table.area_unit
+    assert table.rows[0].area == pytest.approx(100 * 100.0)
+    ft = 1200 / 3937  # US survey foot in metres
+    assert table.rows[0].hectares == pytest.approx(100 * 100.0 * ft * ft / 1e4, rel=1e-9)
+
+
+@pytest.mark.parametrize("lat0", [0.0, 60.0])
+def test_geographic_crs_uses_geodesic_pixel_areas(tmp_path, lat0):
+    from pyproj import Geod
+
+    res = 0.01
+    a = np.ones((50, 20), np.uint8)
+    a[:, 10:] = 2
+    path = write_raster(tmp_path / "ll.tif", a, crs="EPSG:4326", transform=from_origin(10.0, lat0 + 0.5, res, res))
+    table = class_areas(path)
+    assert table.method == "geodesic" and table.area_unit == "m²"
+    # Independent check: the whole left half as one densified geodesic polygon on WGS84.
+    lons = np.r_[np.linspace(10.0, 10.1, 11), np.linspace(10.1, 10.0, 11)]
+    lats = np.r_[np.full(11, lat0 + 0.5), np.full(11, lat0)]
+    expected = abs(Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)[0])
+    assert table.rows[0].area == pytest.approx(expected, rel=1e-6)
+    # ... and the closed-form area of an ellipsoidal band between two parallels (a pixel row is one)
+    a_, f = 6378137.0, 1 / 298.257223563
+    b2, e = (a_ * (1 - f)) ** 2, math.sqrt(f * (2 - f))
+
+    def q(lat):
+        s = math.sin(math.radians(lat))
+        return s / (1 - e * e * s * s) + math.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+    band = math.radians(0.1) * b2 / 2 * (q(lat0 + 0.5) - q(lat0))
+    assert table.rows[0].area == pytest.approx(band, rel=1e-6)
+    assert table.rows[0].percent == pytest.approx(50.0, abs=1e-6)
+
+
+def test_no_crs_is_refused_in_one_line(tmp_path, capsys):
+    path = write_raster(tmp_path / "nocrs.tif", np.ones((5, 5), np.uint8), crs=None,
+                        transform=from_origin(10, 10, 1, 1))
+    with pytest.raises(LandcoverError, match="no CRS"):
+        class_areas(path)
+    assert main(["areas", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gdal_edit.py" in err
+
+
+def test_cli_prints_table_and_writes_csv(tmp_path, capsys):
+    a = np.array([[1, 1, 2, 0]] * 4, np.uint8)
+    path = write_raster(tmp_path / "c.tif", a, nodata=0)
+    assert main(["areas", str(path), "--out", str(tmp_path / "a.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "hectares" in out and "66.67%" in out
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "value,name,pixels,area,area_unit,hectares,percent"
+
+
+@pytest.mark.realdata
+def test_real_chesapeake_labels(shared_data):
+    """The georeferenced Chesapeake label tile (EPSG:26917, non-square ~23.6 x 29.5 m pixels)."""
+    path = shared_data / "chesapeake-naip-1m" / "tile_downsampled" / "m_3907833_nw_17_1_lc.tif"
+    table = class_areas(path)
+    got = {r.value: r.pixels for r in table.rows}
+    assert got == {1: 810, 2: 53477, 3: 10100, 4: 81, 5: 2401, 6: 731}  # PROVENANCE.md
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        pixel_m2 = abs(ds.transform.a * ds.transform.e)
+    assert sum(r.hectares for r in table.rows) == pytest.approx(260 * 260 * pixel_m2 / 1e4)

@@ -1,0 +1,122 @@
+"""Vectorize: polygons round-trip to the raster, the minimum mapping unit removes small patches, fields and CRS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from pyogrio.raw import read
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+
+import landcover.areas
+from conftest import write_raster
+from landcover import vectorize
+from landcover.classes import ClassInfo, write_class_table
+from landcover.cli import main
+from landcover.errors import LandcoverError
+
+T = from_origin(500000.0, 4300000.0, 2.0, 2.0)  # 2 m pixels: 4 m² each
+CLASSES = [ClassInfo(1, "Water", (0, 0, 255)), ClassInfo(2, "Forest", (0, 128, 0)), ClassInfo(3, "Road", (9, 9, 9))]
+
+
+def _burn(gpkg, shape, field="classvalue"):
+    meta, _, wkb, fields = read(str(gpkg))
+    values = fields[list(meta["fields"]).index(field)]
+    return rasterize(zip(shapely.from_wkb(wkb), values.tolist(), strict=True), out_shape=shape, transform=T,
+                     fill=0, dtype="int32"), meta
+
+
+def _scene():
+    """Two big fields, small patches (sizes 1, 4 and 6 pixels), a no-data corner with a speck and a hole."""
+    a = np.ones((40, 60), np.uint8)
+    a[:, 30:] = 2
+    a[5, 5] = 3  # 1 px in Water
+    a[10:12, 40:42] = 3  # 4 px in Forest
+    a[20:22, 10:13] = 3  # 6 px in Water
+    a[30:, 45:] = 255  # no data (the raster's nodata value)
+    a[35, 50] = 1  # 1 px speck inside no data
+    a[3, 50] = 0  # a 1-px no-data hole in Forest
+    return a
+
+
+def test_round_trip_without_minimum_unit(tmp_path, monkeypatch):
+    monkeypatch.setattr(landcover.areas, "STRIP_PIXELS", 200)
+    a = _scene()
+    path = write_raster(tmp_path / "c.tif", a, nodata=255, transform=T)
+    write_class_table(path, CLASSES)
+    out = tmp_path / "polys.gpkg"
+    info = vectorize(path, out)
+    burnt, meta = _burn(out, a.shape)
+    expected = np.where(a == 255, 0, a)
+    np.testing.assert_array_equal(burnt, expected)
+    assert info["min_area_pixels"] == 1 and info["features"] == sum(info["per_class"].values())
+    assert info["per_class"] == {1: 2, 2: 1, 3: 3}
+    assert list(meta["fields"]) == ["classvalue", "classname"]
+    assert CRS.from_user_input(meta["crs"]) == CRS.from_epsg(32617)
+    _, _, _, fields = read(str(out))
+    assert dict(zip(fields[0].tolist(), fields[1].tolist(), strict=True)) == {1: "Water", 2: "Forest", 3: "Road"}
+
+
+def test_minimum_mapping_unit_removes_small_patches(tmp_path):
+    a = _scene()
+    path = write_raster(tmp_path / "c.tif", a, nodata=255, transform=T)
+    out = tmp_path / "mmu.gpkg"
+    info = vectorize(path, out, min_area=20.0)  # 20 m² = 5 pixels: patches of 1 and 4 px go, 6 px stays
+    assert info["min_area_pixels"] == 5
+    burnt, _ = _burn(out, a.shape)
+    expected = np.ones_like(a, dtype=np.int32)
+    expected[:, 30:] = 2
+    expected[20:22, 10:13] = 3
+    expected[30:, 45:] = 0  # no data stays no data, and its 1-px speck is gone
+    expected[3, 50] = 0  # the no-data hole is not filled with a class
+    np.testing.assert_array_equal(burnt, expected)
+    assert info["per_class"] == {1: 1, 2: 1, 3: 1}
+
+
+def test_eight_connectivity_joins_diagonal_pixels(tmp_path):
+    a = np.zeros((6, 6), np.uint8)
+    a[1, 1] = a[2, 2] = a[3, 3] = 1
+    path = write_raster(tmp_path / "d.tif", a, nodata=0, transform=T)
+    assert vectorize(path, tmp_path / "four.gpkg")["features"] == 3
+    assert vectorize(path, tmp_path / "eight.gpkg", connectivity=8)["features"] == 1
+    burnt, _ = _burn(tmp_path / "eight.gpkg", a.shape)
+    np.testing.assert_array_equal(burnt, a)
+
+
+def test_bad_input(tmp_path, capsys):
+    empty = write_raster(tmp_path / "e.tif", np.zeros((5, 5), np.uint8), nodata=0, transform=T)
+    with pytest.raises(LandcoverError, match="every pixel is no data"):
+        vectorize(empty, tmp_path / "e.gpkg")
+    ok = write_raster(tmp_path / "ok.tif", np.ones((5, 5), np.uint8), transform=T)
+    assert main(["vectorize", str(ok), "--out", str(tmp_path / "x.shp")]) == 2
+    assert "GeoPackage" in capsys.readouterr().err
+    assert not (tmp_path / "e.gpkg").exists()
+
+
+def test_cli(tmp_path, capsys):
+    a = _scene()
+    path = write_raster(tmp_path / "c.tif", a, nodata=255, transform=T)
+    out = tmp_path / "cli.gpkg"
+    assert main(["vectorize", str(path), "--out", str(out), "--min-area", "20"]) == 0
+    assert "3 features" in capsys.readouterr().out
+    assert pyogrio.read_info(str(out))["features"] == 3
+
+
+def test_geographic_minimum_unit_is_in_square_metres(tmp_path):
+    from landcover.raster import Grid
+    from landcover.vectorize import min_area_pixels
+
+    grid = Grid(CRS.from_epsg(4326), from_origin(10.0, 60.001, 0.0001, 0.0001), 20, 20)  # about 5.6 x 11.1 m
+    from pyproj import Geod
+
+    mid = 60.001 - 10 * 0.0001  # top of the middle row
+    one = abs(Geod(ellps="WGS84").polygon_area_perimeter([10, 10.0001, 10.0001, 10], [mid, mid, mid - 0.0001,
+                                                                                       mid - 0.0001])[0])
+    assert 60 < one < 64  # m²
+    assert min_area_pixels(10.5 * one, grid) == 11 and min_area_pixels(10 * one, grid) == 10
+    assert min_area_pixels(None, grid) == 1 and min_area_pixels(0, grid) == 1
+    with pytest.raises(LandcoverError, match="must be >= 0"):
+        min_area_pixels(-5, grid)
