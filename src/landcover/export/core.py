@@ -1,0 +1,410 @@
+"""``export_training_data``: imagery + labels → Classified Tiles chips and metadata.
+
+The chip grid is the imagery grid (or the grid that ``extent``/``cell_size`` make of it, in the imagery CRS).
+Chips of ``tile_size`` start every ``stride`` pixels from the grid origin; the last row and column of chips are
+shifted inward so they end at the grid edge (no padding, no labelled pixel dropped). A grid smaller than one tile
+gives one chip padded with the imagery nodata value (0 when it has none) and label 0.
+
+The grid is processed in blocks of whole chip rows and columns (about 1024 rows, a bounded number of bytes):
+each block is read once from the imagery and the labels and the chips are cut from it in numpy, so overlapping
+chips (stride < tile) do not read pixels twice and memory stays flat whatever the raster size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from ..classes import ClassInfo, generated_color, load_classes_json
+from ..errors import LandcoverError
+from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, iter_windows, open_imagery, target_grid
+from .chips import ESRI_FORMAT_NAMES, FORMAT_ALIASES, FORMATS, ChipWriter, chip_paths
+from .labels import open_labels
+from .metadata import ExportMetadata, cell_size_entry, chip_indices, holds_export, read_export
+from .stats import BandAccumulator, ClassCounts
+
+log = logging.getLogger("landcover")
+
+#: Rows of chips read together (pixels; at least one tile), and the most bytes of imagery per block read.
+BLOCK_ROWS = 1024
+BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote (this run only; the folder's totals are in its metadata)."""
+
+    out: Path
+    chips: int
+    first_index: int
+    next_index: int
+    classes: list[ClassInfo]
+    pixels_per_class: dict[int, int]
+    seconds: float
+    megapixels: float
+    appended: bool = False
+    tile_size: int = 0
+    chip_format: str = "tif"
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self) -> str:
+        names = {c.value: c.name for c in self.classes}
+        per_class = ", ".join(f"{names.get(v, v)}={n}" for v, n in self.pixels_per_class.items())
+        verb = "appended" if self.appended else "exported"
+        return (f"{verb} {self.chips} chips {self.tile_size}x{self.tile_size} {self.chip_format} "
+                f"(indices {self.first_index}..{self.next_index - 1}) to {self.out}: "
+                f"{len(self.pixels_per_class)} classes, pixels per class {per_class}; "
+                f"{self.seconds:.1f} s, {self.mp_per_s:.1f} MP/s")
+
+
+def export_training_data(
+    imagery: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    class_field: str | None = None,
+    buffer_radius: float = 0.0,
+    classes: str | os.PathLike | Sequence[ClassInfo] | None = None,
+    tile_size: int = 256,
+    stride: int | None = None,
+    chip_format: str = "tif",
+    cell_size: float | tuple[float, float] | None = None,
+    extent: Sequence[float] | None = None,
+    extent_crs: str | None = None,
+    all_tiles: bool = False,
+    start_index: int | None = None,
+    resampling: str = "bilinear",
+    workers: int | None = None,
+    progress: bool = True,
+) -> ExportSummary:
+    """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
+
+    Args:
+        imagery: one raster (any band count and dtype, or a VRT), or single-band rasters on one grid stacked in
+            the given order.
+        labels: a classified raster (class values 1..255, 0 and its nodata = no data; any CRS and resolution,
+            resampled with nearest neighbour) or a vector layer (GeoPackage, Shapefile, GeoJSON...).
+        out: output folder.
+        class_field: integer class field of a vector layer; default ``classvalue`` or ``value`` (case-insensitive)
+            as in ArcGIS, else every feature is class 1.
+        buffer_radius: buffer for point and line features, in the units of the label layer's CRS.
+        classes: a classes JSON file (see :func:`landcover.classes.load_classes_json`) or a list of classes,
+            for names and colours; default the label raster's attribute/colour table, the layer's name field
+            (``classname``/``class_name``/``name``), or generated.
+        tile_size: chip size in pixels. stride: step between chips; 0 = the tile size (no overlap); default
+            half the tile size (ArcGIS's 256/128).
+        chip_format: ``tif``, ``png`` or ``jpg`` (PNG/JPEG: 8-bit imagery with 1 or 3 bands; JPEG exports write
+            their label chips as PNG, which is lossless).
+        cell_size: resample the imagery to this cell size (imagery CRS units); extent: (xmin, ymin, xmax, ymax)
+            in ``extent_crs`` (default the imagery CRS) limits the area.
+        all_tiles: also write chips without labelled pixels (chips that are all imagery nodata never are).
+        start_index: index of the first chip; appends to an export already in ``out`` (statistics merged).
+        resampling: imagery resampling when ``cell_size``/``extent`` move off the imagery grid.
+        workers: chip-writing threads (default: up to 4). progress: show a progress bar on stderr.
+
+    Returns:
+        an :class:`ExportSummary`. Raises :class:`~landcover.errors.LandcoverError` for bad input; nothing that
+        looks like a complete export is left behind when it fails.
+    """
+    t0 = time.perf_counter()
+    fmt = FORMAT_ALIASES.get(str(chip_format).lower().lstrip("."))
+    if fmt is None:
+        raise LandcoverError(f"--format {chip_format}: use tif, png or jpg")
+    tile, step = _check_tiling(tile_size, stride)
+    if start_index is not None and int(start_index) < 0:
+        raise LandcoverError(f"--start-index {start_index}: must be >= 0")
+    radius = float(buffer_radius or 0)
+    if not math.isfinite(radius) or radius < 0:
+        raise LandcoverError(f"--buffer-radius {buffer_radius}: must be >= 0")
+    try:
+        resample = Resampling[str(resampling).lower()]
+    except KeyError:
+        raise LandcoverError(f"--resampling {resampling}: use nearest, bilinear, cubic or average") from None
+    user_classes = _user_classes(classes)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LandcoverError(f"{out}: --out exists and is not a folder")
+
+    previous = _previous_export(out, start_index)
+    first = int(start_index) if start_index is not None else 0
+    with rasterio.Env(**GDAL_ENV):
+        img = open_imagery(imagery)
+        lab = None
+        try:
+            name = str(imagery if isinstance(imagery, (str, os.PathLike)) else list(imagery)[0])
+            _check_imagery(img, name, fmt)
+            grid = target_grid(Grid.of(img), extent, extent_crs, cell_size)
+            lab = open_labels(labels, grid, class_field, radius)
+            if previous is not None:
+                _check_compatible(previous, out, img, tile, fmt)
+            taken = [i for i in chip_indices(out) if i >= first]
+            if taken:
+                raise LandcoverError(f"{out}: --start-index {first} would overwrite chip {taken[0]:09d}; use "
+                                     f"--start-index {max(chip_indices(out)) + 1}")
+            created = not out.exists()
+            check_writable_dir(out)
+            return _run(img, lab, grid, out, created, previous, user_classes, tile=tile, step=step, fmt=fmt,
+                        first=first, all_tiles=all_tiles, resample=resample, workers=workers,
+                        progress=progress, t0=t0)
+        finally:
+            if lab is not None:
+                lab.close()
+            img.close()
+
+
+def _check_tiling(tile_size, stride) -> tuple[int, int]:
+    try:
+        tile = int(tile_size)
+        step = int(stride) if stride is not None else max(1, tile // 2)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"--tile-size {tile_size} / --stride {stride}: must be whole numbers") from None
+    if tile <= 0:
+        raise LandcoverError(f"--tile-size {tile_size}: must be > 0")
+    if step < 0:
+        raise LandcoverError(f"--stride {stride}: must be >= 0 (0 = the tile size)")
+    step = step or tile  # ArcGIS's samples pass stride 0 for "no overlap"
+    if step > tile:
+        raise LandcoverError(f"--stride {stride}: must not exceed --tile-size {tile} (pixels would be skipped)")
+    return tile, step
+
+
+def _user_classes(classes) -> dict[int, ClassInfo]:
+    if classes is None:
+        return {}
+    if isinstance(classes, (str, os.PathLike)):
+        return {c.value: c for c in load_classes_json(classes)}
+    return {int(c.value): c for c in classes}
+
+
+def _previous_export(out: Path, start_index: int | None) -> ExportMetadata | None:
+    if not out.is_dir():
+        return None
+    if holds_export(out):
+        existing = read_export(out)
+        if start_index is None:
+            raise LandcoverError(f"{out}: already holds an export ({existing.num_tiles} chips); choose another "
+                                 f"--out, or append with --start-index {existing.next_index}")
+        return existing
+    if start_index is None and chip_indices(out):
+        raise LandcoverError(f"{out}: holds chips without metadata (an interrupted export?); remove them or "
+                             "choose another --out")
+    return None
+
+
+def _check_imagery(img, name: str, fmt: str) -> None:
+    if img.crs is None:
+        raise LandcoverError(f"{name}: imagery has no CRS; assign one (gdal_edit -a_srs EPSG:...)")
+    if fmt in ("png", "jpg"):
+        label = {"png": "PNG", "jpg": "JPEG"}[fmt]
+        if img.count not in (1, 3):
+            raise LandcoverError(f"{name}: {label} chips hold 1 or 3 bands but the imagery has {img.count}; "
+                                 "use --format tif")
+        if img.dtypes[0] != "uint8":
+            raise LandcoverError(f"{name}: {label} chips are 8-bit but the imagery is {img.dtypes[0]}; use "
+                                 "--format tif")
+
+
+def _check_compatible(prev: ExportMetadata, out: Path, img, tile: int, fmt: str) -> None:
+    problems = []
+    if prev.num_bands != img.count:
+        problems.append(f"{prev.num_bands} bands, not {img.count}")
+    if (prev.tile_x, prev.tile_y) != (tile, tile):
+        problems.append(f"tile size {prev.tile_x}x{prev.tile_y}, not {tile}")
+    if prev.chip_format != ESRI_FORMAT_NAMES[fmt]:
+        problems.append(f"{prev.chip_format} chips, not {ESRI_FORMAT_NAMES[fmt]}")
+    if prev.data_type and prev.data_type != img.dtypes[0]:
+        problems.append(f"{prev.data_type} imagery, not {img.dtypes[0]}")
+    if problems:
+        raise LandcoverError(f"{out}: cannot append, the export there has {'; '.join(problems)}")
+    names = band_names(img)
+    if any(prev.band_names) and prev.band_names != names:
+        log.warning("%s: appending bands named %s to an export with bands %s", out, names, prev.band_names)
+
+
+def band_names(ds) -> list[str]:
+    """Band names for ``InputRastersProps``: descriptions, else colour interpretation, else Band_<n>."""
+    names = []
+    for i, (desc, ci) in enumerate(zip(ds.descriptions, ds.colorinterp, strict=True), start=1):
+        if desc:
+            names.append(desc)
+        elif ci.name in ("red", "green", "blue"):
+            names.append(ci.name.capitalize())
+        else:
+            names.append(f"Band_{i}")
+    return names
+
+
+def _groups(starts: list[int], tile: int, span: int) -> list[list[int]]:
+    """Consecutive chip offsets grouped so one group's windows fit in ``span`` pixels (at least one tile)."""
+    groups: list[list[int]] = []
+    for s in starts:
+        if groups and s + tile - groups[-1][0] <= max(span, tile):
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+class _ImageryReader:
+    """Imagery windows on the chip grid with their validity mask (imagery nodata, masks, outside the grid)."""
+
+    def __init__(self, ds, grid: Grid, resample: Resampling):
+        self.reader = GridReader(ds, grid, resample)
+        self.nodata = ds.nodata
+        self.fill = 0 if self.nodata is None else self.nodata
+        # With a nodata value, validity comes from the pixels already read; GDAL's dataset mask would read (or
+        # warp) every band a second time. Without one, only a mask band (internal or .msk) needs the dataset
+        # mask. An alpha band is exported as a band and not used as a mask: 4-band NAIP is often tagged RGBA,
+        # and taking its near-infrared band for transparency would drop every pixel where NIR is 0.
+        flags = [set(f.name for f in band) for band in ds.mask_flag_enums]
+        self.use_mask = self.nodata is None and any("per_dataset" in f and "alpha" not in f for f in flags)
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(data, valid)`` for ``window``; ``valid`` is None when every pixel is valid."""
+        g = self.reader.grid
+        c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+        if not self.use_mask and c0 >= 0 and r0 >= 0 and c0 + w <= g.width and r0 + h <= g.height:
+            # Inside the grid: read straight into the result (GridReader pads and copies for the general case).
+            dx, dy = self.reader.offset or (0, 0)
+            data = self.reader.source.read(self.reader.indexes, window=Window(c0 + dx, r0 + dy, w, h))
+            valid = None
+        else:
+            data, valid = self.reader.read(window, fill=self.fill, masked=self.use_mask)
+        if self.nodata is not None:
+            if isinstance(self.nodata, float) and math.isnan(self.nodata):
+                has_data = ~np.isnan(data).all(axis=0)
+            else:
+                has_data = (data != self.nodata).any(axis=0)
+            valid = has_data if valid is None else valid & has_data
+        if valid is not None and valid.all():
+            valid = None
+        return data, valid
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _run(img, lab, grid: Grid, out: Path, created: bool, previous: ExportMetadata | None,
+         user_classes: dict[int, ClassInfo], *, tile: int, step: int, fmt: str, first: int, all_tiles: bool,
+         resample: Resampling, workers: int | None, progress: bool, t0: float) -> ExportSummary:
+    from tqdm import tqdm
+
+    # Chip offsets along each axis (one row and one column of iter_windows: no list of every window).
+    cols = [int(w.col_off) for w in iter_windows(grid.width, tile, tile, step)]
+    rows = [int(w.row_off) for w in iter_windows(tile, grid.height, tile, step)]
+    n_windows = len(rows) * len(cols)
+    itemsize = np.dtype(img.dtypes[0]).itemsize
+    row_groups = _groups(rows, tile, BLOCK_ROWS)
+    block_rows = max(len(g) for g in row_groups) * step + tile
+    col_groups = _groups(cols, tile, BLOCK_BYTES // max(1, block_rows * img.count * itemsize))
+
+    reader = _ImageryReader(img, grid, resample)
+    counts = ClassCounts.empty()
+    bands = BandAccumulator(img.count, img.dtypes[0])
+    writer = ChipWriter(out, fmt, grid.crs, img.dtypes[0], img.count, img.nodata,
+                        workers if workers is not None else min(4, os.cpu_count() or 1))
+    index = first
+    bar = tqdm(total=n_windows, unit="chip", file=sys.stderr, disable=not progress, dynamic_ncols=True,
+               desc="export")
+    try:
+        done = 0
+        for rg in row_groups:
+            for cg in col_groups:
+                r0, c0 = rg[0], cg[0]
+                block = Window(c0, r0, cg[-1] + tile - c0, rg[-1] + tile - r0)
+                data, valid = reader.read(block)
+                labels = lab.read(block)
+                if valid is not None:
+                    labels[~valid] = 0  # no label where there is no imagery
+                for r in rg:
+                    for c in cg:
+                        sl = (slice(r - r0, r - r0 + tile), slice(c - c0, c - c0 + tile))
+                        v = None if valid is None else valid[sl]
+                        if v is not None and not v.any():
+                            continue
+                        lchip = labels[sl]
+                        if not all_tiles and not lchip.any():
+                            continue
+                        chip = data[(slice(None), *sl)]
+                        counts.add(np.bincount(lchip.ravel(), minlength=256))
+                        bands.add(chip, None if v is None or v.all() else v)
+                        writer.submit(index, chip, lchip, grid.window_transform(Window(c, r, tile, tile)))
+                        index += 1
+                done += len(rg) * len(cg)
+                bar.update(len(rg) * len(cg))
+                mp = grid.width * grid.height * done / n_windows / 1e6
+                bar.set_postfix(written=index - first, MPs=f"{mp / max(time.perf_counter() - t0, 1e-9):.1f}",
+                                refresh=False)
+        writer.close()
+        bar.close()
+        if index == first:
+            raise LandcoverError(f"{lab.path}: no chip holds labelled pixels inside the imagery's valid area"
+                                 + ("" if all_tiles else " (use --all-tiles to export unlabelled chips)"))
+        new = _metadata(img, grid, lab, user_classes, counts, bands, tile=tile, fmt=fmt, first=first,
+                        next_index=index)
+        merged = previous.merge(new) if previous is not None else new
+        merged.write(out)  # last: only now does the folder look like a complete export
+    except BaseException:
+        bar.close()
+        writer.abort()
+        _remove_empty_dirs(out, created)
+        raise
+    finally:
+        reader.close()
+
+    seen = counts.values()
+    return ExportSummary(
+        out=out, chips=index - first, first_index=first, next_index=index,
+        classes=[c for c in merged.classes if c.value in seen],
+        pixels_per_class={v: int(counts.pixels[v]) for v in seen}, seconds=time.perf_counter() - t0,
+        megapixels=grid.width * grid.height / 1e6, appended=previous is not None, tile_size=tile, chip_format=fmt,
+    )
+
+
+def _metadata(img, grid: Grid, lab, user_classes: dict[int, ClassInfo], counts: ClassCounts,
+              bands: BandAccumulator, *, tile: int, fmt: str, first: int, next_index: int) -> ExportMetadata:
+    # Names and colours: --classes, else what the labels carry, else generated. The classes listed are those
+    # given explicitly plus every value that occurs in the chips.
+    carried = lab.classes()
+    classes = []
+    for v in sorted(set(user_classes) | set(counts.values())):
+        c = user_classes.get(v) or carried.get(v) or ClassInfo(v, str(v), generated_color(v))
+        classes.append(c)
+    _, img_ext, lab_ext = FORMATS[fmt]
+    map_lines = []
+    for i in range(first, next_index):
+        img_path, lab_path = chip_paths(Path(""), i, fmt)
+        map_lines.append(f"images\\{img_path.name}  labels\\{lab_path.name} ")
+    cell = cell_size_entry(grid.res[0], grid.res[1], grid.crs)
+    return ExportMetadata(
+        num_bands=img.count, tile_x=tile, tile_y=tile, chip_format=ESRI_FORMAT_NAMES[fmt],
+        data_type=img.dtypes[0], nodata=img.nodata, band_names=band_names(img), classes=classes, counts=counts,
+        bands=bands.result(), min_cell=cell, max_cell=cell, next_index=next_index, map_lines=map_lines,
+    )
+
+
+def _remove_empty_dirs(out: Path, created: bool) -> None:
+    for sub in ("images", "labels"):
+        try:
+            (out / sub).rmdir()
+        except OSError:
+            pass
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
