@@ -109,3 +109,12 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_output_moves_sidecars(make_raster, tmp_path):
+    target = tmp_path / "classes.tif"
+    with atomic_output(target) as tmp:
+        make_raster(tmp.name, np.ones((4, 4), "uint8"))
+        write_class_table(tmp, [ClassInfo(1, "Water", (0, 0, 255))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]
+    assert read_class_table(target)[0].name == "Water"

@@ -27,6 +27,7 @@ _LAZY = {
     "classify_pixels": "classify",
     "class_areas": "areas",
     "render_map": "maps",
+    "make_scene": "demo.scene",
 }
 
 # `evaluate` and `vectorize` share their module's name. Python binds a submodule on its package when it is first

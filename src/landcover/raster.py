@@ -8,6 +8,7 @@ source grid and by plain window reads when it is a pixel-aligned subset of it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -296,20 +297,22 @@ def iter_windows(width: int, height: int, size: int, stride: int | None = None) 
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block completes.
 
-    Nothing half-written is ever left at ``path``. Sidecars written next to the temporary file with the same
-    name plus a suffix (``.aux.xml``, ``.ovr``) are moved along.
+    Nothing half-written is ever left at ``path``. Sidecars written next to the temporary file are moved along
+    and renamed to match: ``<tmp>.tif.aux.xml`` / ``.ovr`` (GDAL) and ``<tmp stem>.qml`` (QGIS style).
     """
     path = Path(path)
     check_writable_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         yield tmp
-        for side in tmp.parent.glob(tmp.name + ".*"):
-            os.replace(side, Path(str(path) + side.name[len(tmp.name):]))
+        for side in tmp.parent.glob(glob.escape(tmp.stem) + ".*"):
+            if side != tmp:
+                os.replace(side, path.with_name(path.stem + side.name[len(tmp.stem):]))
         os.replace(tmp, path)
     finally:
-        for leftover in tmp.parent.glob(tmp.name + "*"):
+        for leftover in tmp.parent.glob(glob.escape(tmp.stem) + ".*"):
             leftover.unlink(missing_ok=True)
+
 
 
 def check_writable_dir(folder: str | os.PathLike, create: bool = True) -> Path:
