@@ -1,0 +1,359 @@
+"""``prepare_data``: Classified Tiles folders → checked, normalized, split training and validation data."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from torch.utils.data import DataLoader
+
+from ..classes import ClassInfo, generated_classes
+from ..errors import LandcoverError
+from .loader import ChipDataset, read_chip, read_label
+from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
+from .transforms import Augment, Transform
+
+#: chips sampled to compute normalization statistics when the export has none
+NORM_SAMPLE_CHIPS = 256
+
+
+@dataclass(frozen=True)
+class _Header:
+    bands: int
+    height: int
+    width: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    crs_wkt: str | None
+    res: tuple[float, float] | None
+
+
+class ClassifiedTilesData:
+    """Training data for a pixel classifier, as returned by :func:`prepare_data`.
+
+    Attributes: ``classes`` (list of :class:`~landcover.classes.ClassInfo`, sorted by value; model index
+    ``i + 1`` is ``classes[i]``, index 0 is no data), ``c`` (model output channels = classes + 1),
+    ``band_names``, ``mean``/``std`` (per band, raw pixel units), ``chip_size`` (training crop), ``cell_size``,
+    ``crs_wkt``, ``input_dtype``, ``nodata``, ``class_pixel_counts`` (value → labelled pixels),
+    ``train_ds``/``valid_ds`` and ``train_dl``/``valid_dl``.
+    """
+
+    def __init__(self, *, paths: list[Path], classes: list[ClassInfo], band_names: list[str], mean: np.ndarray,
+                 std: np.ndarray, chip_size: int, export_chip_size: tuple[int, int], input_dtype: str,
+                 nodata: float | None, cell_size: tuple[float, float] | None, crs_wkt: str | None,
+                 class_pixel_counts: dict[int, int], train_ds: ChipDataset, valid_ds: ChipDataset,
+                 batch_size: int, num_workers: int, seed: int, working_dir: Path):
+        self.paths, self.path = paths, paths[0]
+        self.classes, self.band_names = classes, band_names
+        self.mean, self.std = mean, std
+        self.chip_size, self.export_chip_size = chip_size, export_chip_size
+        self.input_dtype, self.nodata = input_dtype, nodata
+        self.cell_size, self.crs_wkt = cell_size, crs_wkt
+        self.class_pixel_counts = class_pixel_counts
+        self.train_ds, self.valid_ds = train_ds, valid_ds
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.working_dir = working_dir
+
+    @property
+    def c(self) -> int:
+        """Model output channels: the classes plus index 0 (no data)."""
+        return len(self.classes) + 1
+
+    @property
+    def index_to_value(self) -> np.ndarray:
+        return np.array([0] + [c.value for c in self.classes], dtype=np.int64)
+
+    @property
+    def train_dl(self) -> DataLoader:
+        # drop_last: a last batch of one chip would make BatchNorm statistics meaningless.
+        return self._loader(self.train_ds, shuffle=True, drop_last=len(self.train_ds) > self.batch_size)
+
+    @property
+    def valid_dl(self) -> DataLoader:
+        return self._loader(self.valid_ds, shuffle=False, drop_last=False)
+
+    def _loader(self, ds: ChipDataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def show_batch(self, rows: int = 3, alpha: float = 0.7, ncols: int = 3):
+        """Training chips (augmented as the model sees them) with their labels overlaid in the class colours."""
+        from .show import show_batch
+
+        return show_batch(self, rows=rows, alpha=alpha, ncols=ncols)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{c.value}:{c.name}" for c in self.classes)
+        return (f"ClassifiedTilesData({len(self.train_ds)} training + {len(self.valid_ds)} validation chips, "
+                f"{len(self.band_names)} bands {self.band_names}, chip_size={self.chip_size}, classes [{names}])")
+
+
+def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 16,
+                 chip_size: int | None = None, val_split_pct: float = 0.1, seed: int = 42,
+                 class_mapping: Mapping[int, str] | None = None, transforms: Transform | bool | None = None,
+                 num_workers: int | None = None, working_dir: str | os.PathLike | None = None
+                 ) -> ClassifiedTilesData:
+    """Read one or more Classified Tiles folders (``landcover export`` or ArcGIS Pro) into training data.
+
+    Class values map to contiguous indices (0 = no data, ignored by the loss and the metrics); every label chip
+    is checked once here, so a value outside the class list is reported with the chip that holds it. Pixels are
+    z-scored per band with the export's band statistics, or statistics computed from the training chips.
+
+    ``chip_size``: training crop (default: the exported chip size; larger values are clamped to it).
+    ``class_mapping``: ``{value: name}`` renames classes. ``transforms``: None → flips/rotations and
+    brightness/contrast jitter; False → none; or a callable ``(image, label) -> (image, label)``.
+    ``num_workers``: DataLoader worker processes (default: 0 on a CPU, where workers compete with the model
+    for cores; half the cores, at most 8, when a GPU trains). ``working_dir``: where ``models/`` goes (default:
+    the parent of the first folder, as in arcgis.learn).
+    """
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not paths:
+        raise LandcoverError("prepare_data: give at least one training data folder")
+    if not 0 < val_split_pct < 1:
+        raise LandcoverError(f"val_split_pct={val_split_pct}: give a fraction between 0 and 1 (e.g. 0.1)")
+    if int(batch_size) < 1:
+        raise LandcoverError(f"batch_size={batch_size}: give a positive number of chips per batch")
+    exports = [read_export(p) for p in paths]
+    for e in exports:
+        if e.missing_labels:
+            warnings.warn(f"{e.path}: {e.missing_labels} image chip(s) have no label chip and are skipped",
+                          stacklevel=2)
+    pairs = [pair for e in exports for pair in e.pairs]
+    # Chips are small: reading every header and label once here, in threads (GDAL releases the GIL), is cheap.
+    # The warning filter is process-wide and not thread-safe, so it is set once around the pool.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG/JPEG chips have no georeferencing
+        headers = list(pool.map(_header, [img for img, _ in pairs]))
+        header = _check_uniform(pairs, headers)
+        counts = list(pool.map(lambda pair_header: _scan_label(*pair_header), zip(pairs, headers, strict=True)))
+    classes = _merge_classes(exports)
+    classes = _check_labels(classes, pairs, counts, paths)
+    if class_mapping:
+        classes = _rename(classes, class_mapping)
+    pixel_counts: dict[int, int] = {}
+    for chip_counts in counts:
+        for value, n in chip_counts.items():
+            pixel_counts[value] = pixel_counts.get(value, 0) + n
+    pixel_counts.pop(0, None)
+    present = sorted(pixel_counts)
+    if len(classes) < 2 or len(present) < 2:
+        only = present[0] if present else (classes[0].value if classes else "none")
+        raise LandcoverError(f"{paths[0]}: the labels hold a single class ({only}); a pixel classifier needs at "
+                             "least two classes — label another class (e.g. background) and export again")
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pairs))
+    n_valid = max(1, round(len(pairs) * val_split_pct))
+    if len(pairs) - n_valid < 1:
+        raise LandcoverError(f"{paths[0]}: {len(pairs)} chip(s) cannot be split into training and validation "
+                             "sets; export more chips")
+    valid_pairs = [pairs[i] for i in sorted(order[:n_valid])]
+    train_pairs = [pairs[i] for i in sorted(order[n_valid:])]
+    if int(batch_size) > len(train_pairs):
+        raise LandcoverError(f"batch_size={batch_size} is larger than the {len(train_pairs)} training chips; "
+                             "lower the batch size or export more chips")
+
+    nodata = next((e.nodata for e in exports if e.nodata is not None), header.nodata)
+    mean, std = _normalization(exports, train_pairs, header, nodata, seed)
+    h, w = header.height, header.width
+    size = min(int(chip_size), h, w) if chip_size else min(h, w)
+    lut = np.zeros(max(max(c.value for c in classes), max(present)) + 1, dtype=np.int64)
+    for i, c in enumerate(classes):
+        lut[c.value] = i + 1
+    if transforms is None:
+        transform: Transform | None = Augment()
+    elif transforms is False:
+        transform = None
+    elif callable(transforms):
+        transform = transforms
+    else:
+        raise LandcoverError(f"transforms={transforms!r}: give None (default augmentation), False or a callable "
+                             "(image, label) -> (image, label)")
+    crop = size if (size < h or size < w) else None
+    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform)
+    valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata)
+    cell_size = next((e.cell_size for e in exports if e.cell_size), header.res)
+    crs_wkt = next((e.crs_wkt for e in exports if e.crs_wkt), header.crs_wkt)
+    return ClassifiedTilesData(
+        paths=paths, classes=classes, band_names=_band_names(exports, header), mean=mean, std=std,
+        chip_size=size, export_chip_size=(h, w), input_dtype=header.dtype, nodata=nodata, cell_size=cell_size,
+        crs_wkt=crs_wkt, class_pixel_counts={c.value: pixel_counts.get(c.value, 0) for c in classes},
+        train_ds=train_ds, valid_ds=valid_ds, batch_size=int(batch_size),
+        num_workers=default_num_workers() if num_workers is None else int(num_workers), seed=seed,
+        working_dir=Path(working_dir) if working_dir else paths[0].resolve().parent,
+    )
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: none on a CPU (measured: workers only take cores from the model), some for a GPU."""
+    if torch.cuda.is_available():
+        return min(8, max(1, (os.cpu_count() or 2) // 2))
+    return 0
+
+
+def _header(path: Path) -> _Header:
+    try:
+        with rasterio.open(path) as ds:
+            res = (abs(ds.transform.a), abs(ds.transform.e)) if ds.crs else None
+            return _Header(ds.count, ds.height, ds.width, ds.dtypes[0], ds.nodata, tuple(ds.descriptions),
+                           ds.crs.to_wkt() if ds.crs else None, res)
+    except RasterioIOError as exc:
+        raise LandcoverError(f"{path}: unreadable image chip ({str(exc).splitlines()[0]}); re-export it") from None
+
+
+def _check_uniform(pairs: list[tuple[Path, Path]], headers: list[_Header]) -> _Header:
+    first = headers[0]
+    for (img, _), h in zip(pairs, headers, strict=True):
+        if h.bands != first.bands:
+            raise LandcoverError(f"{img}: {h.bands} bands, but {pairs[0][0]} has {first.bands}; all chips must "
+                                 "have the same bands (train on folders exported from the same imagery)")
+        if (h.height, h.width) != (first.height, first.width):
+            raise LandcoverError(f"{img}: {h.width}x{h.height} pixels, but {pairs[0][0]} is "
+                                 f"{first.width}x{first.height}; all chips must have the same size (re-export "
+                                 "with one tile size)")
+        if h.dtype != first.dtype:
+            raise LandcoverError(f"{img}: pixel type {h.dtype}, but {pairs[0][0]} is {first.dtype}; export all "
+                                 "folders from imagery of the same pixel type")
+    return first
+
+
+def _scan_label(pair: tuple[Path, Path], header: _Header) -> dict[int, int]:
+    img, lab = pair
+    try:
+        label = read_label(lab)
+    except RasterioIOError as exc:
+        raise LandcoverError(f"{lab}: unreadable label chip ({str(exc).splitlines()[0]}); re-export it") from None
+    if label.shape != (header.height, header.width):
+        raise LandcoverError(f"{lab}: label chip is {label.shape[1]}x{label.shape[0]} pixels but its image {img} "
+                             f"is {header.width}x{header.height}; re-export the training data")
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+            raise LandcoverError(f"{lab}: label chip holds non-integer values; labels must be class values")
+    label = label.astype(np.int64, copy=False)
+    if label.min() < 0:
+        raise LandcoverError(f"{lab}: label value {int(label.min())} is negative; class values are 1..255 "
+                             "(0 = no data)")
+    counts = np.bincount(label.ravel())
+    return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+
+
+def _merge_classes(exports: list[ExportFolder]) -> list[ClassInfo]:
+    """Union of the folders' classes; the same value must carry the same name in every folder."""
+    merged: dict[int, tuple[ClassInfo, Path]] = {}
+    for e in exports:
+        for c in e.classes:
+            if c.value in merged:
+                other, where = merged[c.value]
+                generic = {str(c.value)}
+                if other.name != c.name and other.name not in generic and c.name not in generic:
+                    raise LandcoverError(f"{e.path}: class {c.value} is {c.name!r} here but {other.name!r} in "
+                                         f"{where}; folders can only be merged when their classes agree")
+                if other.name in generic and c.name not in generic:
+                    merged[c.value] = (c, e.path)
+            else:
+                merged[c.value] = (c, e.path)
+    return [c for _, (c, _) in sorted(merged.items())]
+
+
+def _check_labels(classes: list[ClassInfo], pairs: list[tuple[Path, Path]], counts: list[dict[int, int]],
+                  paths: list[Path]) -> list[ClassInfo]:
+    values = sorted({v for chip in counts for v in chip} - {0})
+    if not classes:
+        # The metadata lists no classes (hand-made folders): the label values are the classes.
+        return generated_classes(values)
+    known = {c.value for c in classes}
+    for (_, lab), chip in zip(pairs, counts, strict=True):
+        bad = sorted(set(chip) - known - {0})
+        if bad:
+            raise LandcoverError(
+                f"{lab}: label value {bad[0]} is not one of the classes "
+                f"({', '.join(str(c.value) for c in classes)}) listed in the export metadata; fix the labels "
+                f"(0 = no data) or add the class to {EMD_FILE}")
+    return classes
+
+
+def _rename(classes: list[ClassInfo], mapping: Mapping[int, str]) -> list[ClassInfo]:
+    by_value = {c.value: c for c in classes}
+    for key, name in mapping.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            raise LandcoverError(f"class_mapping: key {key!r} is not a class value") from None
+        if value not in by_value:
+            raise LandcoverError(f"class_mapping: class {value} is not in the training data "
+                                 f"({', '.join(str(v) for v in by_value)})")
+        old = by_value[value]
+        by_value[value] = ClassInfo(old.value, str(name), old.color)
+    return [by_value[v] for v in sorted(by_value)]
+
+
+def _band_names(exports: list[ExportFolder], header: _Header) -> list[str]:
+    names = None
+    for e in exports:
+        if not e.band_names:
+            continue
+        if len(e.band_names) != header.bands:
+            raise LandcoverError(f"{e.path}: the metadata names {len(e.band_names)} bands but the chips have "
+                                 f"{header.bands}; re-export the training data")
+        if names is not None and [n.lower() for n in names] != [n.lower() for n in e.band_names]:
+            raise LandcoverError(f"{e.path}: bands {e.band_names} differ from {names} in {exports[0].path}; "
+                                 "folders can only be merged when their bands agree")
+        names = names or e.band_names
+    if names:
+        return list(names)
+    if all(header.descriptions) and len(header.descriptions) == header.bands:
+        return [str(d) for d in header.descriptions]
+    return [f"Band_{i + 1}" for i in range(header.bands)]
+
+
+def _normalization(exports: list[ExportFolder], train_pairs: list[tuple[Path, Path]], header: _Header,
+                   nodata: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std: pooled export statistics when every folder has them, else from the chips."""
+    stats = [e.band_stats for e in exports]
+    if all(s is not None and s.mean.size == header.bands for s in stats):
+        pooled = stats[0]
+        for s in stats[1:]:
+            pooled = pooled.merge(s)
+        mean, std = pooled.mean, pooled.std
+    else:
+        mean, std = _stats_from_chips(train_pairs, header.bands, nodata, seed)
+    # A constant band carries no information; std 1 keeps it finite instead of dividing by zero.
+    std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean.astype(np.float64), std.astype(np.float64)
+
+
+def _stats_from_chips(pairs: list[tuple[Path, Path]], bands: int, nodata: float | None,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sample = [pairs[i] for i in sorted(rng.permutation(len(pairs))[:NORM_SAMPLE_CHIPS])]
+    total: BandStats | None = None
+    for img, _ in sample:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            data, mask = read_chip(img, nodata)
+        pixels = data.reshape(bands, -1).astype(np.float64)
+        if mask is not None:
+            pixels = pixels[:, ~mask.ravel()]
+        if pixels.shape[1] == 0:
+            continue
+        mean = pixels.mean(axis=1)
+        chip = BandStats(np.full(bands, float(pixels.shape[1])), mean,
+                         ((pixels - mean[:, None]) ** 2).sum(axis=1))
+        total = chip if total is None else total.merge(chip)
+    if total is None:
+        raise LandcoverError(f"{pairs[0][0].parent}: every sampled image chip is entirely no data; "
+                             "check the imagery's nodata value")
+    if not math.isfinite(float(total.std.sum())):
+        raise LandcoverError(f"{pairs[0][0].parent}: band statistics are not finite; check the imagery")
+    return total.mean, total.std

@@ -1,0 +1,536 @@
+"""``UnetClassifier``: the arcgis.learn verbs (``lr_find``, ``fit``, metrics, ``show_results``, ``save``,
+``from_model``) over a plain-torch U-Net trained with Lightning."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..classes import ClassInfo
+from ..errors import LandcoverError
+from ..model import UNet, load_pretrained_encoder
+from ..package import ModelPackage, load_package, save_package
+from .figures import loss_figure, lr_figure, results_figure
+from .losses import SegmentationLoss, class_weights
+from .lr_find import lr_range_test, suggest_lr
+from .metrics import confusion_metric, format_metrics, metrics_from_confusion
+from .module import autocast_for, on_cuda, resolve_precision
+from .report import metrics_html
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..data import ClassifiedTilesData
+
+#: metrics ``fit(monitor=...)`` can watch, and whether lower or higher is better
+MONITORS = {"valid_loss": "min", "accuracy": "max", "miou": "max"}
+#: early stopping: epochs without an improvement of at least MIN_DELTA before training stops
+PATIENCE, MIN_DELTA = 5, 0.001
+
+
+class UnetClassifier:
+    """A U-Net pixel classifier (ResNet-18/34/50 encoder, any number of bands) for land cover.
+
+    ``data``: from :func:`~landcover.prepare_data`. ``pretrained_path``: a torchvision/timm ImageNet ResNet
+    checkpoint (file or URL; the first convolution is adapted to the band count) or a saved landcover model
+    (``.emd``, ``.dlpk`` or folder; its head is kept when the classes match). ``class_balancing`` weights the
+    loss by inverse class frequency; ``focal_loss`` uses focal CE; ``dice_loss_fraction`` mixes in a Dice loss;
+    ``ignore_classes`` (class values) incur no loss and are left out of the mean IoU.
+    """
+
+    def __init__(self, data: ClassifiedTilesData, backbone: str = "resnet34",
+                 pretrained_path: str | os.PathLike | None = None, class_balancing: bool = False,
+                 focal_loss: bool = False, dice_loss_fraction: float = 0.0, ignore_classes=()):
+        if data is None:
+            raise LandcoverError("UnetClassifier needs data from prepare_data(); to load a saved model use "
+                                 "UnetClassifier.from_model(path)")
+        if not 0.0 <= float(dice_loss_fraction) <= 1.0:
+            raise LandcoverError(f"dice_loss_fraction={dice_loss_fraction}: give a fraction between 0 and 1")
+        self.data: ClassifiedTilesData | None = data
+        self.classes: list[ClassInfo] = list(data.classes)
+        self.backbone = backbone
+        self.band_names = list(data.band_names)
+        self.mean, self.std = [float(v) for v in data.mean], [float(v) for v in data.std]
+        self.tile_size = int(data.chip_size)
+        self.input_dtype, self.nodata = data.input_dtype, data.nodata
+        self.cell_size, self.crs_wkt = data.cell_size, data.crs_wkt
+        self.class_balancing, self.focal_loss = bool(class_balancing), bool(focal_loss)
+        self.dice_loss_fraction = float(dice_loss_fraction)
+        self.ignore_classes = self._check_ignore(ignore_classes)
+        self.net = UNet(len(self.band_names), len(self.classes) + 1, backbone)
+        self._init_state()
+        if pretrained_path is not None:
+            self._load_pretrained(pretrained_path)
+
+    def _init_state(self) -> None:
+        self.history_train: list[tuple[int, float]] = []
+        self.history_valid: list[tuple[int, float]] = []
+        self.lr_finder: dict | None = None
+        self.checkpoint_path: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._metrics: dict | None = None
+        self._extra: dict = {}
+        self._lr_text: str | None = None
+        self._monitored: tuple[str, float] | None = None
+        self._precision: str | None = None
+        self._steps = 0
+        self._package_path: Path | None = None
+        #: False in the extra processes of a multi-process (DDP) run: they train but do not write packages
+        self.is_main_process = True
+
+    # --- construction helpers ------------------------------------------------------------------------------
+
+    def _check_ignore(self, ignore_classes) -> list[int]:
+        values = [int(v) for v in (ignore_classes or ())]
+        known = [c.value for c in self.classes]
+        for v in values:
+            if v not in known:
+                raise LandcoverError(f"ignore_classes: class {v} is not in the data (classes: "
+                                     f"{', '.join(map(str, known))})")
+        if values and len(known) <= 2:
+            raise LandcoverError("ignore_classes needs more than two classes: with two, ignoring one leaves "
+                                 "nothing to tell apart")
+        if len(set(values)) >= len(known) - 1 and values:
+            raise LandcoverError("ignore_classes: at least two classes must remain to train on")
+        return sorted(set(values))
+
+    @property
+    def _ignore_indices(self) -> tuple[int, ...]:
+        return tuple(i + 1 for i, c in enumerate(self.classes) if c.value in self.ignore_classes)
+
+    def _load_pretrained(self, path: str | os.PathLike) -> None:
+        text = str(path)
+        if text.lower().endswith((".emd", ".dlpk")) or Path(text).is_dir():
+            pkg = load_package(text)
+            if pkg.backbone != self.backbone:
+                raise LandcoverError(f"{text}: the model was trained with backbone {pkg.backbone}; use "
+                                     f"backbone={pkg.backbone!r} to start from it")
+            own = self.net.state_dict()
+            use = {}
+            for key, value in (pkg.state_dict or {}).items():
+                if key not in own:
+                    raise LandcoverError(f"{text}: weights hold an unexpected layer {key}")
+                if own[key].shape != value.shape:
+                    if key.startswith("head."):
+                        continue  # other classes: the head starts afresh, the rest is reused
+                    raise LandcoverError(f"{text}: layer {key} has shape {tuple(value.shape)}, this model "
+                                         f"expects {tuple(own[key].shape)} (different bands?)")
+                use[key] = value
+            self.net.load_state_dict(use, strict=False)
+        else:
+            load_pretrained_encoder(self.net.encoder, path)
+
+    def _need_data(self, what: str) -> ClassifiedTilesData:
+        if self.data is None:
+            raise LandcoverError(f"{what} needs training data: load the model with "
+                                 "UnetClassifier.from_model(path, data=prepare_data(...))")
+        return self.data
+
+    def _loss(self) -> SegmentationLoss:
+        counts = []
+        if self.data is not None:
+            counts = [self.data.class_pixel_counts.get(c.value, 0) for c in self.classes]
+        weight = class_weights(len(self.classes) + 1, counts, self._ignore_indices,
+                               balance=self.class_balancing and bool(counts))
+        return SegmentationLoss(len(self.classes) + 1, weight, self.focal_loss, self.dice_loss_fraction)
+
+    @staticmethod
+    def _device(accelerator: str = "auto") -> torch.device:
+        return torch.device("cuda" if on_cuda(accelerator) else "cpu")
+
+    # --- learning rate -------------------------------------------------------------------------------------
+
+    def lr_find(self, allow_plot: bool = True, num_steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
+                precision: str | None = None, accelerator: str = "auto") -> float:
+        """Learning-rate range test; returns the suggested rate. The curve is in ``self.lr_figure()``.
+
+        The weights are unchanged afterwards. The test is seeded (``prepare_data(seed=...)``), so every
+        process of a multi-process run finds the same rate.
+        """
+        data = self._need_data("lr_find")
+        device = self._device(accelerator)
+        precision = resolve_precision(precision, accelerator)
+        channels_last = self._use_channels_last(precision, device)
+        devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(data.seed)
+            rates, losses = lr_range_test(self.net, self._loss(), data.train_dl, device, precision, channels_last,
+                                          start_lr, end_lr, num_steps)
+        self.net.cpu()
+        suggestion = suggest_lr(rates, losses)
+        self.lr_finder = {"rates": rates, "losses": losses, "suggestion": suggestion}
+        if allow_plot:
+            _display(self.lr_figure())
+        return suggestion
+
+    def lr_figure(self) -> Figure:
+        """Loss against learning rate from the last :meth:`lr_find`, with the suggestion marked."""
+        if not self.lr_finder:
+            raise LandcoverError("run lr_find() first")
+        f = self.lr_finder
+        return lr_figure(f["rates"], f["losses"], f["suggestion"])
+
+    def _resolve_lr(self, lr, accelerator: str, precision: str) -> tuple[list[float], str]:
+        groups = len(self.net.layer_groups())
+        if lr is None:
+            found = self.lr_find(allow_plot=False, precision=precision, accelerator=accelerator)
+            lr = slice(found / 10, found)
+        if isinstance(lr, (tuple, list)) and len(lr) == 2:
+            lr = slice(*lr)
+        if isinstance(lr, slice):
+            hi = lr.stop
+            lo = lr.start if lr.start is not None else (hi / 10 if hi is not None else None)
+            if hi is None or not (0 < float(lo) <= float(hi)):
+                raise LandcoverError(f"lr={lr}: give slice(low, high) with 0 < low <= high")
+            lo, hi = float(lo), float(hi)
+            rates = [lo * (hi / lo) ** (i / (groups - 1)) for i in range(groups)]
+            return rates, f"slice('{lo:.4e}', '{hi:.4e}', None)"
+        try:
+            value = float(lr)
+        except (TypeError, ValueError):
+            raise LandcoverError(f"lr={lr!r}: give a number, slice(low, high) or None") from None
+        if not value > 0:
+            raise LandcoverError(f"lr={lr}: the learning rate must be positive")
+        return [value] * groups, f"{value:.4e}"
+
+    @staticmethod
+    def _use_channels_last(precision: str, device: torch.device) -> bool:
+        # Channels-last convolutions are faster on CPU (oneDNN) and with mixed precision on GPU tensor cores.
+        return device.type == "cpu" or "mixed" in precision
+
+    # --- training ------------------------------------------------------------------------------------------
+
+    def fit(self, epochs: int = 10, lr=None, one_cycle: bool = True, early_stopping: bool = False,
+            checkpoint: bool = True, monitor: str = "valid_loss", resume: str | os.PathLike | None = None,
+            devices="auto", num_nodes: int = 1, strategy="auto", precision: str | None = None,
+            accelerator: str = "auto", **trainer_kwargs) -> UnetClassifier:
+        """Train for ``epochs`` epochs with Lightning, printing one table row per epoch.
+
+        ``lr``: a rate, ``slice(lo, hi)`` spread geometrically from the first encoder stage (lo) to the decoder
+        and head (hi), or None to run :meth:`lr_find` and use ``slice(found/10, found)``. ``one_cycle``: the
+        one-cycle schedule, else a constant rate. ``early_stopping``: stop after 5 epochs without ``monitor``
+        improving by 0.001. ``checkpoint``: keep the best epoch (by ``monitor``) and the last one under
+        ``<working_dir>/models/checkpoints/``, and restore the best at the end. ``resume``: a checkpoint to
+        continue from. ``devices``/``num_nodes``/``strategy`` go to the Lightning Trainer (e.g. 4 GPUs:
+        ``devices=4, strategy="ddp"``). ``precision``: None picks bf16/fp16 mixed precision on a GPU and bf16
+        autocast on a CPU with native bf16, else fp32. Other keyword arguments (e.g. ``callbacks``,
+        ``limit_train_batches``) go to ``lightning.pytorch.Trainer``.
+        """
+        import lightning.pytorch as L
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        from .callbacks import History, ProgressTable
+        from .module import SegmentationModule
+
+        data = self._need_data("fit")
+        if monitor not in MONITORS:
+            raise LandcoverError(f"monitor={monitor!r}: choose one of {', '.join(MONITORS)}")
+        if int(epochs) < 1:
+            raise LandcoverError(f"epochs={epochs}: train for at least one epoch")
+        if resume is not None and not Path(resume).is_file():
+            raise LandcoverError(f"{resume}: checkpoint to resume from not found")
+        precision = resolve_precision(precision, accelerator)
+        device = self._device(accelerator)
+        channels_last = self._use_channels_last(precision, device)
+        rates, lr_text = self._resolve_lr(lr, accelerator, precision)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        module = SegmentationModule(self.net, self._loss(), rates, self.classes, one_cycle, channels_last,
+                                    self._ignore_indices)
+        history = History(self._steps)
+        callbacks: list = [ProgressTable(), history, *trainer_kwargs.pop("callbacks", [])]
+        mode = MONITORS[monitor]
+        if early_stopping:
+            callbacks.append(EarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=PATIENCE, mode=mode))
+        ckpt = None
+        if checkpoint:
+            # A resumed run keeps writing beside the checkpoint it resumed from.
+            ckpt_dir = (Path(resume).resolve().parent if resume else
+                        data.working_dir / "models" / "checkpoints" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+            ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                                   save_top_k=1)
+            # The latest epoch, to resume an interrupted run (Lightning's save_last only follows saves of the
+            # best checkpoint, so an epoch that does not improve would not be kept).
+            latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
+                                     enable_version_counter=False)
+            callbacks += [ckpt, latest]
+        with _quiet_lightning():
+            trainer = L.Trainer(
+                accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                precision=precision, max_epochs=int(epochs), callbacks=callbacks, logger=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                enable_checkpointing=checkpoint, default_root_dir=str(data.working_dir), **trainer_kwargs)
+            trainer.fit(module, data.train_dl, data.valid_dl, ckpt_path=str(resume) if resume else None)
+        # Back to the default layout: packages, show_results and inference see the same model as a loaded one.
+        self.net.cpu().to(memory_format=torch.contiguous_format)
+        self.is_main_process = trainer.is_global_zero
+        if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
+            # Our own file, but read as untrusted anyway: tensors only.
+            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            self.checkpoint_path = Path(ckpt.best_model_path)
+            # dirpath as broadcast from rank 0 (each process stamped its own folder name)
+            last = Path(ckpt.dirpath) / "last.ckpt"
+            self.last_checkpoint = last if last.is_file() else None
+            if ckpt.best_model_score is not None:
+                self._monitored = (monitor, float(ckpt.best_model_score))
+        elif monitor in trainer.callback_metrics:
+            self._monitored = (monitor, float(trainer.callback_metrics[monitor]))
+        self.history_train += history.train
+        self.history_valid += history.valid
+        self._steps += trainer.global_step
+        self._lr_text, self._precision = lr_text, precision
+        self._metrics = None
+        return self
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+
+    def _predict_logits(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        precision = self._precision or resolve_precision(None, device.type if device.type == "cuda" else "cpu")
+        x = x.to(device)
+        with torch.no_grad(), autocast_for(precision, device):
+            return self.net(x).float()
+
+    def _evaluate(self) -> dict:
+        data = self._need_data("evaluation")
+        device = self._device()
+        was_training = self.net.training
+        self.net.to(device).eval()
+        confusion = confusion_metric(len(self.classes) + 1, sync=False).to(device)
+        loss_fn = self._loss().to(device)
+        total, count = 0.0, 0
+        try:
+            for x, y in data.valid_dl:
+                logits = self._predict_logits(x, device)
+                y = y.to(device)
+                total += float(loss_fn(logits, y)) * len(x)
+                count += len(x)
+                confusion.update(logits.argmax(dim=1), y)
+        finally:
+            self.net.cpu().train(was_training)
+        metrics = metrics_from_confusion(confusion.compute(), self.classes, self._ignore_indices)
+        metrics["valid_loss"] = total / max(count, 1)
+        return metrics
+
+    @property
+    def metrics(self) -> dict:
+        """All validation metrics (computed once per fit): accuracy, miou, kappa, per_class, confusion_matrix."""
+        if self._metrics is None:
+            if self.data is None:
+                stored = self._extra.get("Metrics")
+                if not isinstance(stored, dict):
+                    raise LandcoverError("this model was saved without metrics; load it with data to compute them")
+                return stored
+            self._metrics = self._evaluate()
+        return self._metrics
+
+    def accuracy(self) -> float:
+        """Overall pixel accuracy on the validation chips (labelled pixels only)."""
+        if self.data is None and "accuracy" in self._extra:
+            return float(self._extra["accuracy"])
+        return float(self.metrics["accuracy"])
+
+    def mIOU(self, mean: bool = False) -> dict[str, float] | float:  # noqa: N802 - arcgis.learn's name
+        """IoU per class name on the validation chips, or their mean (``mean=True``, ignored classes left out)."""
+        m = self.metrics
+        if mean:
+            return float(m["miou"])
+        return {p["name"]: p["iou"] for p in m["per_class"]}
+
+    def per_class_metrics(self) -> dict[str, dict[str, float]]:
+        """``{class name: {precision, recall, f1, iou, support}}`` on the validation chips."""
+        return {p["name"]: {k: p[k] for k in ("precision", "recall", "f1", "iou", "support")}
+                for p in self.metrics["per_class"]}
+
+    def metrics_table(self) -> str:
+        """The per-class metrics and overall figures as a text table."""
+        return format_metrics(self.metrics)
+
+    # --- figures -------------------------------------------------------------------------------------------
+
+    def show_results(self, rows: int = 4) -> Figure:
+        """Validation chips: image | ground truth | prediction."""
+        data = self._need_data("show_results")
+        n = max(1, min(int(rows), len(data.valid_ds)))
+        items = [data.valid_ds[i] for i in range(n)]
+        x = torch.stack([img for img, _ in items])
+        device = self._device()
+        was_training = self.net.training
+        self.net.to(device).eval()
+        try:
+            pred = self._predict_logits(x, device).argmax(dim=1).cpu().numpy()
+        finally:
+            self.net.cpu().train(was_training)
+        mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
+        images = [img.numpy() * std + mean for img, _ in items]
+        truths = [lab.numpy() for _, lab in items]
+        return results_figure(images, truths, list(pred), self.classes, self.band_names)
+
+    def plot_losses(self) -> Figure:
+        """Training loss per batch and validation loss per epoch over all ``fit`` calls."""
+        return loss_figure(self.history_train, self.history_valid)
+
+    # --- packages ------------------------------------------------------------------------------------------
+
+    def save(self, name_or_path: str | os.PathLike, extra_files: dict[str, str | os.PathLike] | None = None,
+             compute_metrics: bool = True) -> Path:
+        """Write the model package folder (``.emd``, safetensors, figures, ``model_metrics.html``, ``.dlpk``).
+
+        A plain name goes to ``<working_dir>/models/<name>/`` as in arcgis.learn; a path is used as is.
+        ``extra_files`` maps names inside the package to files to copy in. Returns the folder. In the extra
+        processes of a multi-process run nothing is written.
+        """
+        folder = self._package_folder(name_or_path)
+        if not self.is_main_process:
+            return folder
+        metrics = None
+        if compute_metrics and (self.data is not None or isinstance(self._extra.get("Metrics"), dict)):
+            metrics = self.metrics
+        extra = dict(self._extra)
+        if metrics is not None:
+            extra.update({
+                "accuracy": f"{metrics['accuracy']:.4e}",
+                "per_class_metrics": json.dumps({p["name"]: {k: round(p[k], 10) for k in ("precision", "recall",
+                                                                                           "f1", "iou")}
+                                                 for p in metrics["per_class"]}),
+                "Metrics": metrics,
+            })
+        if self._lr_text:
+            extra["LearningRate"] = self._lr_text
+        if self._monitored:
+            extra[f"monitored_{self._monitored[0]}"] = self._monitored[1]
+        with tempfile.TemporaryDirectory(prefix="landcover-save-") as tmp:
+            files: dict[str, str | os.PathLike] = {}
+            loss_png = results_png = None
+            if self.history_train or self.history_valid:
+                loss_png = "ModelCharacteristics/loss_graph.png"
+                files[loss_png] = _savefig(self.plot_losses(), Path(tmp) / "loss_graph.png")
+            if self.data is not None:
+                results_png = "ModelCharacteristics/show_results.png"
+                files[results_png] = _savefig(self.show_results(), Path(tmp) / "show_results.png")
+            if metrics is not None:
+                html = Path(tmp) / "model_metrics.html"
+                html.write_text(metrics_html(metrics, self._facts(), loss_png, results_png), encoding="utf-8")
+                files["model_metrics.html"] = html
+            files.update(extra_files or {})
+            pkg = ModelPackage(
+                classes=self.classes, backbone=self.backbone, extract_bands=list(range(len(self.band_names))),
+                mean=self.mean, std=self.std, tile_size=self.tile_size, band_names=self.band_names,
+                input_dtype=self.input_dtype, nodata=self.nodata, cell_size=self.cell_size, crs_wkt=self.crs_wkt,
+                ignore_classes=self.ignore_classes, extra=extra, state_dict=self.net.state_dict())
+            save_package(pkg, folder, name=folder.name, files=files)
+        return folder
+
+    def _package_folder(self, name_or_path: str | os.PathLike) -> Path:
+        path = Path(name_or_path)
+        if path.is_absolute() or len(path.parts) > 1:
+            return path
+        if self.data is not None:
+            base = self.data.working_dir
+        elif self._package_path is not None:
+            base = self._package_path.parent.parent.parent  # <base>/models/<name>/<name>.emd
+        else:
+            base = Path.cwd()
+        return base / "models" / path.name
+
+    def _facts(self) -> dict[str, str]:
+        facts = {"Model": "UnetClassifier", "Backbone": self.backbone, "Bands": ", ".join(self.band_names),
+                 "Chip size": str(self.tile_size)}
+        if self._lr_text:
+            facts["Learning rate"] = self._lr_text
+        if self._steps:
+            facts["Training batches"] = str(self._steps)
+        if self.ignore_classes:
+            facts["Ignored classes"] = ", ".join(map(str, self.ignore_classes))
+        return facts
+
+    @classmethod
+    def from_model(cls, path: str | os.PathLike, data: ClassifiedTilesData | None = None) -> UnetClassifier:
+        """A model from a saved package (``.emd``, ``.dlpk`` or folder), for inference or further training.
+
+        With ``data`` (same classes and band count), training continues with the package's normalization: the
+        data's datasets are switched to the package's band statistics.
+        """
+        pkg = load_package(path)
+        self = cls.__new__(cls)
+        self.data = data
+        self.classes, self.backbone, self.band_names = list(pkg.classes), pkg.backbone, list(pkg.band_names)
+        if len(self.band_names) != pkg.in_channels:
+            self.band_names = [f"Band_{i + 1}" for i in range(pkg.in_channels)]
+        self.mean, self.std = list(pkg.mean), list(pkg.std)
+        self.tile_size, self.input_dtype, self.nodata = pkg.tile_size, pkg.input_dtype, pkg.nodata
+        self.cell_size, self.crs_wkt = pkg.cell_size, pkg.crs_wkt
+        self.class_balancing, self.focal_loss, self.dice_loss_fraction = False, False, 0.0
+        self.ignore_classes = list(pkg.ignore_classes)
+        self.net = pkg.build_model().train()
+        self._init_state()
+        self._extra = dict(pkg.extra)
+        self._package_path = Path(pkg.path) if pkg.path else None
+        if data is not None:
+            if [c.value for c in data.classes] != [c.value for c in self.classes]:
+                raise LandcoverError(f"{path}: the model's classes {[c.value for c in self.classes]} differ from "
+                                     f"the data's {[c.value for c in data.classes]}; start a new model with "
+                                     "UnetClassifier(data, pretrained_path=...) instead")
+            if len(data.band_names) != pkg.in_channels:
+                raise LandcoverError(f"{path}: the model takes {pkg.in_channels} bands, the data has "
+                                     f"{len(data.band_names)}")
+            mean, std = np.asarray(pkg.mean, np.float64), np.asarray(pkg.std, np.float64)
+            data.mean, data.std = mean, std
+            for ds in (data.train_ds, data.valid_ds):
+                ds.mean = mean.astype(np.float32).reshape(-1, 1, 1)
+                ds.std = std.astype(np.float32).reshape(-1, 1, 1)
+            self.tile_size = int(data.chip_size)
+        return self
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{c.value}:{c.name}" for c in self.classes)
+        return f"UnetClassifier(backbone={self.backbone!r}, bands={self.band_names}, classes=[{names}])"
+
+
+def _savefig(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _display(fig: Figure) -> None:
+    """Show a figure in Jupyter; elsewhere figures are only returned or saved."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(fig)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's start-up banners and tips; our progress table says what matters."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            # Resuming without early stopping: the checkpoint's EarlyStopping state is simply not used.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`.*")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty.*")
+            # Lightning 2.6 with torch 2.13 trips over its own deprecated pytree call; nothing for users to do.
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
