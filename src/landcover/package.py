@@ -214,7 +214,9 @@ def save_package(pkg: ModelPackage, folder: str | os.PathLike, name: str | None 
         dlpk_tmp = tmp.parent / f".{name}.dlpk.partial"
         with zipfile.ZipFile(dlpk_tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-                zf.write(f, f.relative_to(tmp).as_posix())
+                # Float weights barely compress: storing them saves seconds per save and load.
+                kind = zipfile.ZIP_STORED if f.suffix in (".safetensors", ".png") else zipfile.ZIP_DEFLATED
+                zf.write(f, f.relative_to(tmp).as_posix(), compress_type=kind)
         os.replace(dlpk_tmp, tmp / f"{name}.dlpk")
         if folder.exists():
             shutil.rmtree(folder)

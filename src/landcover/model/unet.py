@@ -35,7 +35,7 @@ class UNet(nn.Module):
         return logits[..., :h, :w] if (ph or pw) else logits
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """Parameter groups from the first encoder stage to the head, for ``lr=slice(lo, hi)``."""
+        """Six parameter groups: stem, the four encoder stages, then decoder + head (for ``lr=slice(lo, hi)``)."""
         groups = [list(stage.parameters()) for stage in self.encoder.stages()]
         groups.append(list(self.decoder.parameters()) + list(self.head.parameters()))
         return groups
