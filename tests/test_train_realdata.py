@@ -23,15 +23,22 @@ CLASSES = [(1, "Water"), (2, "Tree Canopy"), (3, "Low Vegetation"), (4, "Barren"
            (6, "Impervious (road)")]
 
 
-def write_naip_export(src_dir, folder):
+def naip_patch(npz) -> tuple[np.ndarray, np.ndarray]:
+    """(4-band uint8 NAIP image, uint8 label with 15 -> 0) of one patch file."""
+    arr = np.load(npz)["arr_0"][0]
+    label = arr[8].round().astype(np.uint8)
+    label[label == 15] = 0
+    return arr[0:4].round().clip(0, 255).astype(np.uint8), label
+
+
+def write_naip_export(src, folder):
+    """Write patches (a folder of .npz, or a list of them) as a Classified Tiles export in ``folder``."""
     (folder / "images").mkdir(parents=True)
     (folder / "labels").mkdir()
     lines = []
-    for i, npz in enumerate(sorted(src_dir.glob("*.npz"))):
-        arr = np.load(npz)["arr_0"][0]
-        image = arr[0:4].round().clip(0, 255).astype(np.uint8)
-        label = arr[8].round().astype(np.uint8)
-        label[label == 15] = 0
+    files = sorted(src.glob("*.npz")) if hasattr(src, "glob") else list(src)
+    for i, npz in enumerate(files):
+        image, label = naip_patch(npz)
         # The patches are not georeferenced upstream; a UTM 17N placement keeps the chips valid GeoTIFFs.
         geo = dict(driver="GTiff", width=256, height=256, crs="EPSG:26917",
                    transform=from_origin(500000.0 + 256 * i, 4100000.0, 1.0, 1.0))
