@@ -14,7 +14,7 @@ import sys
 from ..errors import LandcoverError
 
 #: Subcommand modules, in workflow order.
-COMMANDS = ("export", "train", "classify", "evaluate")
+COMMANDS = ("export", "train", "classify", "evaluate", "demo")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,0 +1,314 @@
+"""Whole-raster classification with a model package: :func:`classify_pixels` (``landcover classify``).
+
+The raster is tiled on one grid (:mod:`.plan`), tiles are grouped into blocks that run in this process or on a
+Dask cluster (:mod:`.blocks`, :mod:`.cluster`), overlapping logits are blended with border-aware windows
+(:mod:`.blend`), the model runs on the fastest backend that agrees with fp32 (:mod:`.engine`), and the result
+is assembled into a cloud-optimized GeoTIFF with its class table (:mod:`.writer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from ..errors import LandcoverError
+from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, target_grid
+from .blend import ClassDecoder
+from .blocks import Job, done_path, run_block
+from .engine import BACKENDS, cache_lock, choose_backend, cuda_available, prepare_artifact, weights_hash
+from .plan import TilePlan
+from .writer import assemble_seam, finish, open_work, read_manifest, work_dir
+
+__all__ = ["classify_pixels"]
+
+#: jobs whose fp32 model time is estimated below this many seconds run fp32 without measuring backends
+SMALL_JOB_SECONDS = 30
+#: compiling the model (once per model, cached) costs ~20 s; worth it only for long jobs
+COMPILE_JOB_SECONDS = 120
+#: block edge in pixels when not given
+DEFAULT_BLOCK = 4096
+
+
+def classify_pixels(
+    input_raster: str | os.PathLike | Sequence[str | os.PathLike],
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    padding: int | None = None,
+    batch_size: int = 8,
+    predict_background: bool = True,
+    test_time_augmentation: bool = False,
+    tile_size: int | None = None,
+    extent: Sequence[float] | None = None,
+    extent_crs: str | None = None,
+    cell_size: float | Sequence[float] | None = None,
+    probabilities: str | os.PathLike | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    *,
+    backend: str = "auto",
+    block_size: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Classify a raster of any size with a model package; returns the output path.
+
+    ``input_raster`` is one raster or a list of single-band files (stacked in order); ``model`` a ``.emd``,
+    ``.dlpk`` or package folder. The output is a one-band uint8 COG of class values (0 = nodata), in the
+    input's CRS, with overviews, colour table, class names (``.aux.xml`` attribute table) and a QGIS ``.qml``.
+
+    ``tile_size`` (default: the package's) is the model input; ``padding`` (default a quarter of the tile)
+    the context on each side, so tiles start every ``tile_size - 2 * padding`` pixels and their logits are
+    blended across the overlap. ``test_time_augmentation`` averages the 8 flips/rotations;
+    ``predict_background=False`` never predicts the background class. ``extent`` (xmin, ymin, xmax, ymax in
+    ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
+    ``probabilities`` writes a second COG with one uint8 band per class (p * 255).
+
+    The raster is processed in blocks of about ``block_size`` pixels (default 4096, smaller when that gives
+    a cluster fewer than two blocks per worker thread): in this process, on a local Dask cluster of ``workers``
+    single-threaded processes, or on the Dask ``scheduler`` at that address. Blocks
+    are kept in ``<output>.blocks/`` until the end; ``resume=True`` continues an interrupted run with
+    identical results. ``backend`` is ``auto`` (fastest that agrees with fp32 on >= 99.5 % of pixels) or one
+    of ``fp32``, ``bf16``, ``bf16-compiled``, ``onnx``, ``int8``, ``cuda``.
+    """
+    t_start = time.perf_counter()
+    output = Path(output)
+    prob_path = Path(probabilities) if probabilities is not None else None
+    for path, what in ((output, "output"), (prob_path, "probabilities output")):
+        if path is not None and path.exists() and not overwrite:
+            raise LandcoverError(f"{path}: {what} exists; add --overwrite to replace it")
+        if path is not None:
+            check_writable_dir(path.parent)
+    if prob_path is not None and prob_path.resolve() == output.resolve():
+        raise LandcoverError(f"{prob_path}: the probabilities output must differ from the classes output")
+    if backend not in BACKENDS:
+        raise LandcoverError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
+    if scheduler and workers:
+        raise LandcoverError("give either --scheduler or --workers, not both")
+    if workers is not None and int(workers) < 1:
+        raise LandcoverError(f"--workers {workers}: must be at least 1")
+    if int(batch_size) < 1:
+        raise LandcoverError(f"--batch-size {batch_size}: must be at least 1")
+
+    from ..package import load_package
+
+    pkg = load_package(model)
+    paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
+    with rasterio.Env(**GDAL_ENV), open_imagery(paths) as ds:
+        _check_imagery(ds, pkg, paths[0])
+        grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
+        tile = int(tile_size or pkg.tile_size)
+        pad = tile // 4 if padding is None else int(padding)
+        if tile < 16:
+            raise LandcoverError(f"--tile-size {tile}: must be at least 16 pixels")
+        if pad < 0 or 2 * pad >= tile:
+            raise LandcoverError(f"--padding {pad}: must be >= 0 and less than half the tile size ({tile})")
+        if block_size is not None and block_size < 1:
+            raise LandcoverError(f"--block-size {block_size}: must be at least 1")
+        plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK))
+        decoder = ClassDecoder.build(pkg.index_to_value, predict_background, pkg.ignore_classes)
+        model_hash = weights_hash(pkg)
+        work = work_dir(output)
+        previous = read_manifest(work) if resume else None
+        say = _say if progress else (lambda _m: None)
+        choice = _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, model_hash,
+                                  test_time_augmentation, say)
+
+    with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
+        if block_size is None:
+            block_size = (previous or {}).get("block_size") or _block_size_for(plan, client)
+            plan = TilePlan.build(grid.height, grid.width, tile, pad, block_size)
+        manifest = {
+            "format": 1, "model_hash": model_hash, "imagery": [os.path.abspath(p) for p in paths],
+            "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in paths],
+            "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
+                     "height": grid.height},
+            "tile": tile, "padding": pad, "block_size": int(block_size), "tta": bool(test_time_augmentation),
+            "predict_background": bool(predict_background), "probabilities": prob_path is not None,
+            "backend": choice["backend"], "artifact_sha": choice.get("artifact_sha"),
+        }
+        open_work(work, manifest, resume, overwrite)
+        job = _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size,
+                     test_time_augmentation, predict_background, prob_path, workers)
+        t_blocks = time.perf_counter()
+        _run_blocks(job, plan, client, progress, pkg)
+    t_assembly = time.perf_counter()
+    with rasterio.Env(**GDAL_ENV):
+        for piece in plan.pieces():
+            if not plan.is_interior(piece):
+                assemble_seam(job, plan, piece, decoder, pkg.num_classes)
+        finish(job, plan, list(pkg.classes), output, prob_path)
+    t_end = time.perf_counter()
+    seconds = t_end - t_start
+    mp = grid.width * grid.height / 1e6
+    if progress:
+        _say(f"classified {grid.width} x {grid.height} px ({mp:.1f} MP) in {seconds:.1f} s: {mp / seconds:.2f} "
+             f"MP/s ({choice['backend']}, {plan.tile_count} tiles of {plan.rows.tile} px, padding {pad}; setup "
+             f"{t_blocks - t_start:.1f} s, blocks {t_assembly - t_blocks:.1f} s, assembly {t_end - t_assembly:.1f} s)"
+             f" -> {output}")
+    return output
+
+
+def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size, tta,
+           predict_background, prob_path, workers) -> Job:
+    """The run's job description, with the run's own copy of the exported model (if any)."""
+    # The run keeps its own copy of an exported model, so a resumed run (or a remote worker) uses the same one.
+    suffix = ".pt2" if choice["backend"] == "bf16-compiled" else ".onnx"
+    artifact = work / f"engine{suffix}" if choice.get("artifact_sha") else None
+    if artifact is not None and not artifact.exists():
+        if not choice.get("artifact"):
+            raise LandcoverError(f"{artifact}: missing from the unfinished run; remove {work} to start again")
+        shutil.copyfile(choice["artifact"], artifact)
+    job = Job(
+        imagery=tuple(os.path.abspath(p) for p in paths), crs_wkt=grid.crs.to_wkt(),
+        transform=tuple(grid.transform)[:6], width=grid.width, height=grid.height, model=str(Path(model).resolve()),
+        model_hash=model_hash, backend=choice["backend"], artifact=str(artifact) if artifact else None,
+        tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
+        tta=bool(tta), predict_background=bool(predict_background),
+        probabilities=prob_path is not None, work=str(work), threads=1 if workers else None,
+    )
+    return job
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_imagery(ds, pkg, name: str) -> None:
+    """The raster must have the bands and the pixel type the model was trained on."""
+    need = max(pkg.extract_bands) + 1
+    if ds.count < need:
+        raise LandcoverError(
+            f"{name}: has {ds.count} band(s) but the model reads band(s) "
+            f"{', '.join(str(b + 1) for b in pkg.extract_bands)}; give imagery with the training bands")
+    if ds.dtypes[0] != pkg.input_dtype:
+        raise LandcoverError(
+            f"{name}: pixels are {ds.dtypes[0]} but the model was trained on {pkg.input_dtype}; give imagery of "
+            "the same type (e.g. the same product and processing level)")
+
+
+def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, model_hash, tta, say) -> dict:
+    """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
+    if previous is not None and backend in ("auto", previous.get("backend")):
+        # Resuming: the run's own backend (and its copy of the exported model in the work folder).
+        return {"backend": previous.get("backend", "fp32"), "artifact_sha": previous.get("artifact_sha")}
+    if backend == "auto" and cuda_available():
+        backend = "cuda"
+    tile_px = plan.rows.tile * plan.cols.tile
+    fp32_seconds = plan.tile_count * tile_px * (8 if tta else 1) / 1.0e6
+    if backend == "auto" and fp32_seconds < SMALL_JOB_SECONDS:
+        backend = "fp32"
+    if backend in ("fp32", "bf16", "cuda"):
+        return {"backend": backend}
+    calib, valid = _calibration(pkg, ds, grid, plan) if backend in ("auto", "int8") else (None, None)
+    if backend == "auto":
+        if calib is None:
+            return {"backend": "fp32"}
+        candidates = ("fp32", "bf16", "onnx", "int8")
+        if fp32_seconds > COMPILE_JOB_SECONDS:
+            candidates += ("bf16-compiled",)
+        say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
+        decision = choose_backend(pkg, decoder, calib, valid, model_hash=model_hash, candidates=candidates,
+                                  tile=tile, log=say)
+        say(f"backend: {decision['backend']}")
+        choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
+    else:
+        with cache_lock(model_hash):
+            artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
+        choice = {"backend": backend, "artifact": artifact}
+    if choice.get("artifact"):
+        choice["artifact_sha"] = hashlib.sha256(Path(choice["artifact"]).read_bytes()).hexdigest()
+    return choice
+
+
+def _calibration(pkg, ds, grid, plan, target_px: float = 2.0e6):
+    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it)."""
+    count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
+    ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
+    reader = GridReader(ds, grid, indexes=[b + 1 for b in pkg.extract_bands])
+    tiles = []
+    try:
+        for tid in ids:
+            r, c = divmod(int(tid), plan.cols.count)
+            row, col, h, w = plan.tile_window(r, c)
+            data, valid = reader.read(Window(col, row, w, h))
+            if valid.mean() > 0.5:
+                tiles.append((valid.mean(), data, valid))
+    finally:
+        reader.close()
+    if not tiles:
+        return None, None
+    tiles.sort(key=lambda t: -t[0])
+    tiles = tiles[:count]
+    x = np.stack([pkg.normalize(d) for _, d, _ in tiles]).astype(np.float32)
+    valid = np.stack([v for _, _, v in tiles])
+    x[np.broadcast_to(~valid[:, None], x.shape)] = 0.0
+    return x, valid
+
+
+def _block_size_for(plan: TilePlan, client) -> int:
+    """The default block size: 4096 in this process; on a cluster shrunk (in whole tiles) until every worker
+    thread gets at least two blocks and the blocks divide evenly among them (or there are many), so that no
+    worker is left running a last block alone."""
+    if client is None:
+        return DEFAULT_BLOCK
+    slots = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()) or 1
+    stride = max(1, plan.rows.tile - 2 * plan.rows.padding)
+    for tiles in range(max(1, -(-DEFAULT_BLOCK // stride)), 0, -1):
+        size = tiles * stride
+        n = len(TilePlan.build(plan.rows.size, plan.cols.size, plan.rows.tile, plan.rows.padding, size).blocks)
+        if n >= 2 * slots and (n % slots == 0 or n >= 6 * slots):
+            return size
+    return stride
+
+
+@contextlib.contextmanager
+def _executor(scheduler: str | None, workers: int | None):
+    """A Dask client when asked for one, else None (blocks run in this process)."""
+    if not (scheduler or workers):
+        yield None
+        return
+    from .cluster import dask_client
+
+    with dask_client(scheduler, workers) as client:
+        yield client
+
+
+def _run_blocks(job: Job, plan: TilePlan, client, progress: bool, pkg=None) -> None:
+    from tqdm.auto import tqdm
+
+    blocks = plan.blocks
+    pending = [b for b in blocks if not done_path(job.work, b).exists()]
+    # Largest blocks first, so that parallel workers do not end with one big block running alone.
+    pending.sort(key=lambda b: -len(plan.block_tiles(b)))
+    t0 = time.perf_counter()
+    done_px = 0
+    bar = tqdm(total=len(blocks), initial=len(blocks) - len(pending), unit="block", desc="classify",
+               disable=not progress, dynamic_ncols=True)
+
+    def on_done(stats: dict) -> None:
+        nonlocal done_px
+        done_px += stats["pixels"]
+        bar.update(1)
+        bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f} MP/s")
+
+    try:
+        if client is not None:
+            from .cluster import run_blocks
+
+            run_blocks(client, job, pending, on_done)
+        else:
+            for block in pending:
+                on_done(run_block(job, block, pkg))
+    finally:
+        bar.close()

@@ -1,0 +1,422 @@
+"""Classifying one block: read its tiles, run the model, blend, write its piece and its seam contributions.
+
+A block is self-contained, so it can run in this process or as a task on a Dask worker. It writes into the
+run's work folder:
+
+- ``b<i>_<j>.tif`` (and ``b<i>_<j>.prob.tif``): the classes (probabilities) of the block's interior piece;
+- ``b<i>_<j>.seams/``: for every seam piece its tiles touch, each tile's weighted logits there (``.npz``);
+- ``b<i>_<j>.done``: written last; a resumed run skips blocks that have it.
+
+Reading (a thread that prefetches tiles), inference (this thread) and GeoTIFF writing (a writer thread)
+overlap, so the model is rarely idle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import NodataShadowWarning
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from ..raster import GDAL_ENV, Grid, GridReader, open_imagery
+from .blend import ClassDecoder, tile_weights
+from .plan import TilePlan
+
+# Four-band uint8 imagery with a nodata value makes GDAL mention an alpha band it will not use; the nodata
+# value is what we want, so the warning is noise for every read.
+warnings.filterwarnings("ignore", category=NodataShadowWarning)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to classify any block of a run (picklable, hashable)."""
+
+    imagery: tuple[str, ...]
+    crs_wkt: str
+    transform: tuple[float, ...]
+    width: int
+    height: int
+    model: str
+    model_hash: str
+    backend: str
+    artifact: str | None
+    tile: int
+    padding: int
+    block_size: int
+    batch_size: int
+    tta: bool
+    predict_background: bool
+    probabilities: bool
+    work: str
+    threads: int | None = None
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(CRS.from_wkt(self.crs_wkt), Affine(*self.transform[:6]), self.width, self.height)
+
+    @cached_property
+    def plan(self) -> TilePlan:
+        return TilePlan.build(self.height, self.width, self.tile, self.padding, self.block_size)
+
+
+@dataclass
+class Context:
+    """Per-process state for a job: the package, decoder, engine and an open reader."""
+
+    job: Job
+    pkg: object
+    decoder: ClassDecoder
+    engine: object
+    reader: GridReader
+
+    def normalize(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        x = self.pkg.normalize(data)
+        # Nodata pixels get the band mean, i.e. 0 after normalization (they are written as nodata anyway).
+        if not valid.all():
+            x[:, ~valid] = 0.0
+        return x
+
+
+_CONTEXTS: dict[Job, Context] = {}
+_LOCK = threading.Lock()
+
+
+def context(job: Job, pkg=None) -> Context:
+    """The (cached) per-process context of a job; builds the engine on first use (``pkg``: the package if
+    the caller has it loaded already)."""
+    with _LOCK:
+        ctx = _CONTEXTS.get(job)
+        if ctx is None:
+            from ..package import load_package
+            from .engine import TTAEngine, build_engine
+
+            _keep_large_allocations()
+            threads = job.threads or _worker_threads()
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            pkg = pkg if pkg is not None else load_package(job.model)
+            decoder = ClassDecoder.build(pkg.index_to_value, job.predict_background, pkg.ignore_classes)
+            engine = build_engine(job.backend, pkg, decoder, job.artifact, job.batch_size, threads)
+            if job.tta:
+                engine = TTAEngine(engine)
+            ds = open_imagery(list(job.imagery))
+            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands])
+            ctx = Context(job, pkg, decoder, engine, reader)
+            _CONTEXTS.clear()  # one job at a time per process: free the previous engine
+            _CONTEXTS[job] = ctx
+        return ctx
+
+
+def _keep_large_allocations() -> None:
+    """Let glibc keep freed large blocks for reuse instead of unmapping them.
+
+    Every tile allocates tens of MB (logits, activations); by default glibc maps and unmaps each such block,
+    and the page faults of touching fresh pages cost ~10 % of the model time. The price is that the process
+    keeps its peak heap after the run instead of returning it to the system.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not give the heap top back after each tile
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_threads() -> int | None:
+    """Threads of the Dask worker we run in (one per worker process by default), else None."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+# --- file names in the work folder --------------------------------------------------------------------------
+
+def block_name(block: tuple[int, int]) -> str:
+    return f"b{block[0]}_{block[1]}"
+
+
+def done_path(work: str | Path, block: tuple[int, int]) -> Path:
+    return Path(work) / f"{block_name(block)}.done"
+
+
+def seam_file(work: str | Path, block: tuple[int, int], piece: tuple[int, int], tile_id: int) -> Path:
+    return Path(work) / f"{block_name(block)}.seams" / f"p{piece[0]}_{piece[1]}_t{tile_id}.npz"
+
+
+def profile_for(grid: Grid, rect: tuple[int, int, int, int], count: int, nodata) -> dict:
+    row, col, h, w = rect
+    win = Window(col, row, w, h)
+    # Intermediate files: light compression (they are read once, by the COG writer).
+    return grid.profile(transform=grid.window_transform(win), width=w, height=h, count=count, dtype="uint8",
+                        nodata=nodata, blockxsize=512 if w > 512 else 256, blockysize=512 if h > 512 else 256,
+                        tiled=w >= 256 and h >= 256, compress="deflate", predictor=1, zlevel=1)
+
+
+# --- the block task ------------------------------------------------------------------------------------------
+
+def run_block(job: Job, block: tuple[int, int], pkg=None) -> dict:
+    """Classify one block into the work folder (skipped if already done); returns its statistics."""
+    done = done_path(job.work, block)
+    if done.exists():
+        return json.loads(done.read_text())
+    with rasterio.Env(**GDAL_ENV):
+        return _BlockRun(context(job, pkg), block).run()
+
+
+class _BlockRun:
+    def __init__(self, ctx: Context, block: tuple[int, int]):
+        self.ctx, self.block = ctx, block
+        self.job, self.plan = ctx.job, ctx.job.plan
+        self.work = Path(self.job.work)
+        self.name = block_name(block)
+        self.interior = self.plan.interior_piece(block)
+        self.nclasses = ctx.pkg.num_classes
+        self.zones: dict[tuple[int, int], list] = {}
+        rows, cols = self.plan.rows, self.plan.cols
+        self.row_group = [_group_index(rows, s) for s in rows.segments]
+        self.col_group = [_group_index(cols, s) for s in cols.segments]
+
+    # -- orchestration --
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        # Leftovers of an interrupted attempt at this block (it has no .done marker, so it runs again).
+        for stale in [*self.work.glob(f"{self.name}.*partial*"), self.work / f"{self.name}.seams"]:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        seams_tmp = self.work / f"{self.name}.seams.partial"
+        seams_tmp.mkdir(parents=True)
+        self.seams_tmp = seams_tmp
+        tiles = self.plan.block_tiles(self.block)
+        self.writer = _PieceWriter(self) if self.interior is not None else None
+        batch_size = _effective_batch(self.job.batch_size, self.ctx.engine, self.plan)
+        tiles_q: queue.Queue = queue.Queue(maxsize=batch_size + 2)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read, args=(tiles, tiles_q, stop), daemon=True)
+        reader.start()
+        computed = 0
+        try:
+            batch: list = []
+            while True:
+                item = tiles_q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None or item[2] is None or len(batch) >= batch_size:
+                    computed += self._run_batch(batch)
+                    batch = []
+                if item is None:
+                    break
+                if item[2] is None:  # all nodata: nothing to compute, its pixels are all nodata
+                    self._tile(item[0], item[1], None, None, item[3])
+                else:
+                    batch.append(item)
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock the reader if it waits on a full queue
+                try:
+                    tiles_q.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+            if self.writer is not None:
+                self.writer.close()
+        if self.zones:  # every zone of the interior piece must have been finalized
+            raise RuntimeError(f"block {self.block}: {len(self.zones)} zones left unfinished")
+        if self.writer is not None:
+            self.writer.commit()
+        os.replace(seams_tmp, self.work / f"{self.name}.seams")
+        stats = {"block": list(self.block), "tiles": len(tiles), "computed": computed,
+                 "pixels": self._share(), "seconds": time.perf_counter() - t0}
+        tmp = self.work / f"{self.name}.done.partial"
+        tmp.write_text(json.dumps(stats))
+        os.replace(tmp, done_path(self.work, self.block))
+        return stats
+
+    def _share(self) -> int:
+        """Output pixels this block accounts for (segments counted for the block of their first tile)."""
+        rows, cols = self.plan.rows, self.plan.cols
+        h = sum(s.stop - s.start for s in rows.segments if rows.block_of(s.lo) == self.block[0])
+        w = sum(s.stop - s.start for s in cols.segments if cols.block_of(s.lo) == self.block[1])
+        return h * w
+
+    def _read(self, tiles, out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for r, c in tiles:
+                if stop.is_set():
+                    return
+                row, col, h, w = self.plan.tile_window(r, c)
+                data, valid = self.ctx.reader.read(Window(col, row, w, h))
+                x = self.ctx.normalize(data, valid) if valid.any() else None
+                out.put((r, c, x, valid))
+            out.put(None)
+        except BaseException as exc:  # handed to the compute thread, which re-raises it
+            out.put(exc)
+
+    def _run_batch(self, batch: list) -> int:
+        if not batch:
+            return 0
+        weights = [tile_weights(self.plan, r, c) for r, c, _, _ in batch]
+        results = self.ctx.engine.run([b[2] for b in batch], weights)
+        for (r, c, _, valid), w, (weighted, classes) in zip(batch, weights, results, strict=True):
+            self._tile(r, c, weighted, classes, valid, w)
+        return len(batch)
+
+    # -- per tile --
+    def _tile(self, r: int, c: int, weighted, classes, valid: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Route a tile's weighted logits: argmax where it alone covers the interior piece, accumulation where
+        tiles of this block overlap, saved contributions where the pixels belong to a seam."""
+        plan = self.plan
+        rows, cols = plan.rows, plan.cols
+        row0, col0 = rows.starts[r], cols.starts[c]
+        if weights is None:
+            weights = tile_weights(plan, r, c)
+        seam_rects: dict[tuple[int, int], list[int]] = {}
+        for i in rows.tile_segments(r):
+            sr = rows.segments[i]
+            ys = slice(sr.start - row0, sr.stop - row0)
+            for j in cols.tile_segments(c):
+                sc = cols.segments[j]
+                xs = slice(sc.start - col0, sc.stop - col0)
+                piece = (self.row_group[i], self.col_group[j])
+                if piece != self.interior:
+                    rect = seam_rects.setdefault(piece, [ys.start, ys.stop, xs.start, xs.stop])
+                    rect[:] = [min(rect[0], ys.start), max(rect[1], ys.stop),
+                               min(rect[2], xs.start), max(rect[3], xs.stop)]
+                    continue
+                count = (sr.hi - sr.lo + 1) * (sc.hi - sc.lo + 1)
+                if count == 1:
+                    self._direct(sr.start, sc.start, ys, xs, weighted, classes, valid)
+                else:
+                    self._blend((i, j), count, sr.start, sc.start, ys, xs, weighted, weights, valid)
+        tile_id = plan.tile_id(r, c)
+        for piece, (y0, y1, x0, x1) in seam_rects.items():
+            ys, xs = slice(y0, y1), slice(x0, x1)
+            arrays = {"valid": valid[ys, xs], "origin": np.array([row0 + y0, col0 + x0])}
+            if weighted is not None:
+                arrays.update(weighted=weighted[:, ys, xs], weight=weights[ys, xs])
+            np.savez(self.seams_tmp / f"p{piece[0]}_{piece[1]}_t{tile_id}.npz", **arrays)
+
+    def _direct(self, row, col, ys, xs, weighted, classes, valid) -> None:
+        # Only this tile has weight here, and its weight is 1: the weighted logits are the logits.
+        v = valid[ys, xs]
+        if weighted is None:
+            values, probs = np.zeros(v.shape, np.uint8), None
+        else:
+            values = classes[ys, xs] if classes is not None else self.ctx.decoder.classes(weighted[:, ys, xs])
+            values = np.where(v, values, np.uint8(0))
+            probs = self.ctx.decoder.probabilities(weighted[:, ys, xs]) if self.job.probabilities else None
+        self.writer.put(row, col, values, probs, v)
+
+    def _blend(self, key, count, row, col, ys, xs, weighted, weights, valid) -> None:
+        zone = self.zones.get(key)
+        if zone is None:
+            h, w = ys.stop - ys.start, xs.stop - xs.start
+            zone = self.zones[key] = [np.zeros((self.nclasses + 1, h, w), np.float32), count]
+        acc = zone[0]
+        if weighted is not None:
+            acc[:-1] += weighted[:, ys, xs]
+            if self.job.probabilities:
+                acc[-1] += weights[ys, xs]
+        zone[1] -= 1
+        if zone[1] == 0:
+            del self.zones[key]
+            v = valid[ys, xs]
+            values = np.where(v, self.ctx.decoder.classes(acc[:-1]), np.uint8(0))
+            probs = self.ctx.decoder.probabilities(acc[:-1], acc[-1]) if self.job.probabilities else None
+            self.writer.put(row, col, values, probs, v)
+
+
+def _effective_batch(batch_size: int, engine, plan: TilePlan) -> int:
+    """Tiles per model call. A GPU takes the batch as asked. On a CPU a batch brings nothing once a tile is
+    large (the cores are busy anyway) and multiplies the activation memory, which made big tiles ~25 %
+    slower: batches are capped at batch_size x 256 x 256 pixels, and engines that run one tile at a time
+    (compiled) start on each tile as soon as it is read."""
+    if not getattr(engine, "batched", True):
+        return 1
+    if getattr(engine, "name", "") == "cuda":
+        return batch_size
+    return max(1, min(batch_size, batch_size * 65536 // (plan.rows.tile * plan.cols.tile)))
+
+
+def _group_index(axis, seg) -> int:
+    for g, grp in enumerate(axis.groups):
+        if grp.start <= seg.start < grp.stop:
+            return g
+    raise IndexError(seg)
+
+
+class _PieceWriter:
+    """Writes the block's interior piece (classes, and probabilities) from a thread, then commits it."""
+
+    def __init__(self, run: _BlockRun):
+        job, plan = run.job, run.plan
+        self.rect = plan.piece_rect(run.interior)
+        grid = job.grid
+        self.paths = {"classes": run.work / f"{run.name}.tif"}
+        self.tmp = {"classes": run.work / f"{run.name}.partial.tif"}
+        self.ds = {"classes": rasterio.open(self.tmp["classes"], "w", **profile_for(grid, self.rect, 1, 0))}
+        if job.probabilities:
+            self.paths["prob"] = run.work / f"{run.name}.prob.tif"
+            self.tmp["prob"] = run.work / f"{run.name}.prob.partial.tif"
+            count = run.nclasses - 1
+            self.ds["prob"] = rasterio.open(self.tmp["prob"], "w", **profile_for(grid, self.rect, count, None))
+        self.q: queue.Queue = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def put(self, row: int, col: int, values: np.ndarray, probs, valid: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((row - self.rect[0], col - self.rect[1], values, probs, valid))
+
+    def _loop(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                row, col, values, probs, valid = item
+                win = Window(col, row, values.shape[1], values.shape[0])
+                self.ds["classes"].write(values, 1, window=win)
+                if probs is not None:
+                    self.ds["prob"].write(probs, window=win)
+                    self.ds["prob"].write_mask(np.where(valid, np.uint8(255), np.uint8(0)), window=win)
+            except BaseException as exc:  # re-raised in the compute thread
+                self.error = exc
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        for ds in self.ds.values():
+            ds.close()
+        if self.error is not None:
+            raise self.error
+
+    def commit(self) -> None:
+        for key, path in self.paths.items():
+            os.replace(self.tmp[key], path)

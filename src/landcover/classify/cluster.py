@@ -1,0 +1,56 @@
+"""Running blocks on a Dask distributed cluster: a scheduler address, or a local cluster of N processes.
+
+Each task classifies one block and writes its files into the work folder, so the folder must be reachable
+under the same path by every worker (always true for ``workers=N`` on this machine; a shared file system
+for a remote cluster). Workers run one thread each: two single-threaded processes use two cores better than
+one process with two threads (the model's own threading leaves gaps that the other process fills).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from ..errors import LandcoverError
+from .blocks import Job, run_block
+
+#: seconds to wait for a scheduler to answer
+CONNECT_TIMEOUT = 5
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
+    """A ``distributed.Client`` on ``scheduler``, or on a loopback LocalCluster of ``workers`` processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise LandcoverError(
+                f"--scheduler {scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT} s "
+                f"({str(exc).splitlines()[0][:120]}); check the address and that dask-scheduler is running"
+            ) from None
+        with client:
+            yield client
+        return
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def run_blocks(client, job: Job, blocks: list[tuple[int, int]], on_done: Callable[[dict], None]) -> None:
+    """Classify ``blocks`` as tasks on the cluster; ``on_done(stats)`` is called as each finishes."""
+    from distributed import as_completed
+
+    futures = client.map(run_block, [job] * len(blocks), blocks, pure=False)
+    try:
+        for fut in as_completed(futures):
+            on_done(fut.result())
+    finally:
+        client.cancel(futures)

@@ -1,0 +1,238 @@
+"""Where the tiles and blocks of a classification lie.
+
+Tiles sit on one grid for the whole raster: along each axis as few tiles as cover it with overlaps of at least
+``2 * padding`` pixels, spread evenly from the first pixel to the last (no tile reads past the raster, so no
+made-up border pixels enter the model). Which tiles cover a pixel therefore depends on the raster size and the
+tiling only, never on how the raster is cut into blocks.
+
+Blocks are groups of whole tiles (``block_tiles`` tile rows by ``block_tiles`` tile columns). The pixels where
+tiles of two blocks overlap are *seams*: each block writes its tiles' weighted logits there, and the assembly
+step sums them. Along an axis, the pixels fall into *segments* (runs covered by the same set of tiles), and
+segments into *groups* (runs whose covering tiles belong to the same set of blocks). A *piece* is a row group
+by a column group: either the interior of one block or a seam shared by two or four blocks. The pieces
+partition the raster, and the final raster is assembled from one file per piece.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Pixels ``[start, stop)`` of an axis, covered by tiles ``lo..hi`` (inclusive)."""
+
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """Pixels ``[start, stop)`` of an axis whose covering tiles belong to blocks ``blo..bhi``."""
+
+    start: int
+    stop: int
+    blo: int
+    bhi: int
+
+
+def fit_tile(size: int, tile: int, padding: int) -> int:
+    """The tile length that covers ``size`` pixels with as few tiles as ``tile`` allows (overlaps of at least
+    ``2 * padding``), shrunk to the smallest multiple of 32 that still does: no tile computes more than
+    needed and none is larger than asked for."""
+    if size <= tile:
+        return size
+    count = math.ceil((size - 2 * padding) / (tile - 2 * padding))
+    fitted = 2 * padding + math.ceil((size - 2 * padding) / count)
+    return min(tile, fitted + (-fitted) % 32)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Tiles and blocks along one axis of the raster.
+
+    ``count`` tiles of ``tile`` pixels are spread evenly from the first pixel to the last, neighbours
+    overlapping by at least ``2 * padding`` pixels; no tile reads past the raster. Across each overlap a
+    raised-cosine ramp of ``ramp`` pixels (``padding`` for even paddings) hands over from one tile to the
+    next; the two ramps add up to 1. The pixels of the overlap on the far side of the ramp get weight 0 (the
+    predictions with the least context are not used), those on the near side weight 1. At the raster's own
+    edges there is no ramp: the outermost pixels get full weight (no rim).
+    """
+
+    size: int
+    tile: int
+    padding: int
+    block_tiles: int
+
+    @classmethod
+    def build(cls, size: int, tile: int, padding: int, block_tiles: int) -> AxisPlan:
+        return cls(size, min(tile, size), padding, max(1, block_tiles))
+
+    @property
+    def ramp(self) -> int:
+        return 2 * self.padding - 2 * (self.padding // 2)
+
+    @cached_property
+    def starts(self) -> tuple[int, ...]:
+        if self.size <= self.tile:
+            return (0,)
+        count = math.ceil((self.size - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
+        count = max(count, 2)
+        return tuple(round(k * (self.size - self.tile) / (count - 1)) for k in range(count))
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    def _edges(self, k: int) -> tuple[int, int]:
+        """Tile ``k``'s dead pixels at its start and its end (0 at the raster's edges)."""
+        head = tail = 0
+        if k > 0:
+            overlap = self.starts[k - 1] + self.tile - self.starts[k]
+            head = (overlap - min(self.ramp, overlap)) // 2
+        if k < self.count - 1:
+            overlap = self.starts[k] + self.tile - self.starts[k + 1]
+            tail = overlap - (overlap - min(self.ramp, overlap)) // 2 - min(self.ramp, overlap)
+        return head, tail
+
+    def extent(self, k: int) -> tuple[int, int]:
+        """Pixels ``[start, stop)`` where tile ``k`` has weight > 0."""
+        head, tail = self._edges(k)
+        return self.starts[k] + head, self.starts[k] + self.tile - tail
+
+    @lru_cache(maxsize=1024)  # noqa: B019 - plans are few and immutable
+    def window(self, k: int) -> np.ndarray:
+        """The 1-D blending weights of tile ``k`` over its full length (0 in the dead bands)."""
+        w = np.ones(self.tile, dtype=np.float64)
+        head, tail = self._edges(k)
+        if k > 0:
+            r = min(self.ramp, self.starts[k - 1] + self.tile - self.starts[k])
+            w[:head] = 0
+            w[head: head + r] = _ramp(r)
+        if k < self.count - 1:
+            r = min(self.ramp, self.starts[k] + self.tile - self.starts[k + 1])
+            w[self.tile - tail:] = 0
+            w[self.tile - tail - r: self.tile - tail] *= _ramp(r)[::-1]
+        return w.astype(np.float32)
+
+    @cached_property
+    def segments(self) -> tuple[Segment, ...]:
+        extents = [self.extent(k) for k in range(self.count)]
+        edges = sorted({0, self.size, *(e for ext in extents for e in ext)})
+        segs = []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            cover = [k for k, (s, e) in enumerate(extents) if s <= a and b <= e]
+            segs.append(Segment(a, b, cover[0], cover[-1]))
+        return tuple(segs)
+
+    @cached_property
+    def block_cuts(self) -> tuple[int, ...]:
+        """Tile indices where blocks start, plus the tile count at the end: as few blocks as hold at most
+        ``block_tiles`` tiles each, of (nearly) equal size so that workers finish together."""
+        n = math.ceil(self.count / self.block_tiles)
+        return tuple(round(i * self.count / n) for i in range(n + 1))
+
+    @property
+    def block_count(self) -> int:
+        return len(self.block_cuts) - 1
+
+    def block_of(self, k: int) -> int:
+        return bisect.bisect_right(self.block_cuts, k) - 1
+
+    def block_tiles_range(self, b: int) -> range:
+        return range(self.block_cuts[b], self.block_cuts[b + 1])
+
+    @cached_property
+    def groups(self) -> tuple[Group, ...]:
+        groups: list[Group] = []
+        for seg in self.segments:
+            blo, bhi = self.block_of(seg.lo), self.block_of(seg.hi)
+            if groups and (groups[-1].blo, groups[-1].bhi) == (blo, bhi):
+                groups[-1] = Group(groups[-1].start, seg.stop, blo, bhi)
+            else:
+                groups.append(Group(seg.start, seg.stop, blo, bhi))
+        return tuple(groups)
+
+    def tile_segments(self, k: int) -> list[int]:
+        """Indices of the segments where tile ``k`` has weight."""
+        return [i for i, seg in enumerate(self.segments) if seg.lo <= k <= seg.hi]
+
+    def cost(self) -> float:
+        """Pixels computed per output pixel along this axis."""
+        return self.count * self.tile / self.size
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The 2-D plan: rows and columns of tiles, blocks of tiles, and pieces."""
+
+    rows: AxisPlan
+    cols: AxisPlan
+
+    @classmethod
+    def build(cls, height: int, width: int, tile: int, padding: int, block_size: int) -> TilePlan:
+        # One square tile size for both axes (shrunk to fit the larger need), so that test-time rotations
+        # keep the tile shape.
+        larger = [fit_tile(n, tile, padding) for n in (height, width) if n > tile]
+        tile = max(larger) if larger else tile
+        block_tiles = max(1, math.ceil(block_size / max(1, tile - 2 * padding)))
+        return cls(AxisPlan.build(height, tile, padding, block_tiles),
+                   AxisPlan.build(width, tile, padding, block_tiles))
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.rows.block_count) for j in range(self.cols.block_count)]
+
+    @property
+    def tile_count(self) -> int:
+        return self.rows.count * self.cols.count
+
+    def tile_id(self, r: int, c: int) -> int:
+        """The tile's rank in the canonical (row-major) order in which overlapping logits are summed."""
+        return r * self.cols.count + c
+
+    def tile_window(self, r: int, c: int) -> tuple[int, int, int, int]:
+        """(row, col, height, width) of tile (r, c) on the grid."""
+        return self.rows.starts[r], self.cols.starts[c], self.rows.tile, self.cols.tile
+
+    def block_tiles(self, block: tuple[int, int]) -> list[tuple[int, int]]:
+        i, j = block
+        return [(r, c) for r in self.rows.block_tiles_range(i) for c in self.cols.block_tiles_range(j)]
+
+    def pieces(self) -> list[tuple[int, int]]:
+        return [(a, b) for a in range(len(self.rows.groups)) for b in range(len(self.cols.groups))]
+
+    def piece_rect(self, piece: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(row, col, height, width) of a piece."""
+        rg, cg = self.rows.groups[piece[0]], self.cols.groups[piece[1]]
+        return rg.start, cg.start, rg.stop - rg.start, cg.stop - cg.start
+
+    def piece_blocks(self, piece: tuple[int, int]) -> list[tuple[int, int]]:
+        rg, cg = self.rows.groups[piece[0]], self.cols.groups[piece[1]]
+        return [(i, j) for i in range(rg.blo, rg.bhi + 1) for j in range(cg.blo, cg.bhi + 1)]
+
+    def is_interior(self, piece: tuple[int, int]) -> bool:
+        return len(self.piece_blocks(piece)) == 1
+
+    def interior_piece(self, block: tuple[int, int]) -> tuple[int, int] | None:
+        """The piece only this block covers (None if its tiles are all shared, e.g. blocks of one tile)."""
+        rs = [a for a, g in enumerate(self.rows.groups) if g.blo == g.bhi == block[0]]
+        cs = [b for b, g in enumerate(self.cols.groups) if g.blo == g.bhi == block[1]]
+        return (rs[0], cs[0]) if rs and cs else None
+
+    def cost(self) -> float:
+        """Pixels the model computes per output pixel (1.0 = no overlap)."""
+        return self.rows.cost() * self.cols.cost()
+
+
+@lru_cache(maxsize=64)
+def _ramp(n: int) -> np.ndarray:
+    """A raised-cosine ramp of n values in (0, 1) with ramp[i] + ramp[n - 1 - i] == 1."""
+    return 0.5 * (1.0 - np.cos(np.pi * (np.arange(n) + 0.5) / max(n, 1)))

@@ -1,0 +1,199 @@
+"""The work folder of a run and the final assembly: manifest and resume, seams, VRT, COG, class table.
+
+The work folder ``<output>.blocks/`` holds a ``manifest.json`` of everything that determines the pixels
+(model hash, tiling, options, grid, backend); a resumed run must match it. When every block is done, the
+seam pieces are summed from the blocks' contributions, a VRT mosaics all pieces (with the colour table and
+class names), and GDAL's COG driver writes the cloud-optimized GeoTIFF with overviews. The COG is written to
+a temporary name and renamed, then the class table sidecars are added and the work folder removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+
+from ..classes import class_tag, colormap_of, write_class_table
+from ..errors import LandcoverError
+from ..raster import GDAL_ENV, Grid, atomic_output
+from .blend import ClassDecoder
+from .blocks import Job, block_name, profile_for
+from .plan import TilePlan
+
+MANIFEST = "manifest.json"
+
+
+def work_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".blocks")
+
+
+def open_work(work: Path, manifest: dict, resume: bool, overwrite: bool) -> None:
+    """Create the work folder, or check that an existing one belongs to the same run (``resume``)."""
+    if work.exists() and not resume:
+        if not overwrite:
+            raise LandcoverError(f"{work}: an unfinished run is here; add --resume to continue it, or "
+                                 "--overwrite to start again")
+        shutil.rmtree(work)
+    if work.exists():
+        try:
+            old = json.loads((work / MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise LandcoverError(f"{work}: no readable {MANIFEST}; remove the folder to start again") from None
+        for key in sorted(set(old) | set(manifest)):
+            if old.get(key) != manifest.get(key):
+                raise LandcoverError(
+                    f"{work}: cannot resume, the unfinished run used {key}={_short(old.get(key))}, this run "
+                    f"{_short(manifest.get(key))}; rerun with the same options or remove the folder")
+        return
+    work.mkdir(parents=True)
+    tmp = work / f".{MANIFEST}.partial"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, work / MANIFEST)
+
+
+def read_manifest(work: Path) -> dict | None:
+    try:
+        return json.loads((work / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- seams ----------------------------------------------------------------------------------------------------
+
+def assemble_seam(job: Job, plan: TilePlan, piece: tuple[int, int], decoder: ClassDecoder, nclasses: int) -> None:
+    """Sum the blocks' contributions to a seam piece in canonical tile order and write its files."""
+    work = Path(job.work)
+    out = work / f"s{piece[0]}_{piece[1]}.tif"
+    if out.exists() and (not job.probabilities or out.with_suffix(".prob.tif").exists()):
+        return
+    row, col, h, w = plan.piece_rect(piece)
+    acc = np.zeros((nclasses + 1, h, w), np.float32)
+    valid = np.zeros((h, w), bool)
+    contributions = []
+    for block in plan.piece_blocks(piece):
+        for f in (work / f"{block_name(block)}.seams").glob(f"p{piece[0]}_{piece[1]}_t*.npz"):
+            contributions.append((int(f.stem.rsplit("_t", 1)[1]), f))
+    for _, f in sorted(contributions):
+        with np.load(f) as z:
+            r0, c0 = (int(v) for v in z["origin"])
+            v = z["valid"]
+            sub = (slice(r0 - row, r0 - row + v.shape[0]), slice(c0 - col, c0 - col + v.shape[1]))
+            valid[sub] = v  # the last tile in canonical order decides, as inside a block
+            if "weighted" in z:
+                acc[(slice(0, nclasses), *sub)] += z["weighted"]
+                acc[(nclasses, *sub)] += z["weight"]
+    values = np.where(valid, decoder.classes(acc[:-1]), np.uint8(0))
+    grid = job.grid
+    rect = (row, col, h, w)
+    if job.probabilities:
+        probs = decoder.probabilities(acc[:-1], acc[-1])
+        tmp = work / f".s{piece[0]}_{piece[1]}.prob.partial.tif"
+        with rasterio.open(tmp, "w", **profile_for(grid, rect, nclasses - 1, None)) as ds:
+            ds.write(probs)
+            ds.write_mask(np.where(valid, np.uint8(255), np.uint8(0)))
+        os.replace(tmp, out.with_suffix(".prob.tif"))
+    tmp = work / f".s{piece[0]}_{piece[1]}.partial.tif"
+    with rasterio.open(tmp, "w", **profile_for(grid, rect, 1, 0)) as ds:
+        ds.write(values, 1)
+    os.replace(tmp, out)
+
+
+def piece_files(job: Job, plan: TilePlan, suffix: str = ".tif") -> list[tuple[tuple[int, int, int, int], Path]]:
+    """(rect, file) of every piece of the raster: block interiors and assembled seams."""
+    work = Path(job.work)
+    files = []
+    for piece in plan.pieces():
+        blocks = plan.piece_blocks(piece)
+        name = block_name(blocks[0]) if len(blocks) == 1 else f"s{piece[0]}_{piece[1]}"
+        path = work / f"{name}{suffix}"
+        if not path.exists():
+            raise LandcoverError(f"{path}: missing piece of the classification; rerun with --resume")
+        files.append((plan.piece_rect(piece), path))
+    return files
+
+
+# --- VRT and COG ---------------------------------------------------------------------------------------------
+
+def _source(path: Path, rect, band: int | str) -> str:
+    row, col, h, w = rect
+    return (f'<SimpleSource><SourceFilename relativeToVRT="1">{escape(path.name)}</SourceFilename>'
+            f"<SourceBand>{band}</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+            f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/></SimpleSource>')
+
+
+def _header(grid: Grid) -> str:
+    gt = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
+    return (f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">'
+            f"<SRS>{escape(grid.crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>")
+
+
+def classes_vrt(grid: Grid, files, classes) -> str:
+    """A one-band VRT of the class pieces with nodata 0, the colour table and the class names."""
+    cmap = colormap_of(classes, 0)
+    entries = "".join(
+        '<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*cmap.get(v, (0, 0, 0, 0)))
+        for v in range(max(cmap) + 1)
+    )
+    sources = "".join(_source(p, rect, 1) for rect, p in files)
+    return (_header(grid) + '<VRTRasterBand dataType="Byte" band="1"><NoDataValue>0</NoDataValue>'
+            "<Description>class</Description><ColorInterp>Palette</ColorInterp>"
+            f"<ColorTable>{entries}</ColorTable>"
+            f'<Metadata><MDI key="LANDCOVER_CLASSES">{escape(class_tag(classes))}</MDI></Metadata>'
+            f"{sources}</VRTRasterBand></VRTDataset>")
+
+
+def probabilities_vrt(grid: Grid, files, classes) -> str:
+    """A VRT with one band per class (p * 255) and a per-dataset mask (0 where the input is nodata)."""
+    bands = []
+    for b, c in enumerate(classes, start=1):
+        sources = "".join(_source(p, rect, b) for rect, p in files)
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}"><Description>{escape(c.name)}</Description>'
+                     f'<Metadata><MDI key="class_value">{c.value}</MDI></Metadata>{sources}</VRTRasterBand>')
+    mask_sources = "".join(_source(p, rect, "mask,1") for rect, p in files)
+    mask = f'<MaskBand><VRTRasterBand dataType="Byte">{mask_sources}</VRTRasterBand></MaskBand>'
+    return _header(grid) + "".join(bands) + mask + "</VRTDataset>"
+
+
+def _copy_cog(vrt_path: Path, dst: Path, output: Path, resampling: str) -> None:
+    try:
+        # Deflate level 3: about twice as fast to write as the default 6, files ~5 % larger.
+        rasterio.shutil.copy(str(vrt_path), str(dst), driver="COG", COMPRESS="DEFLATE", LEVEL=3, BLOCKSIZE=512,
+                             OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+    except rasterio.errors.RasterioIOError as exc:
+        raise LandcoverError(f"{output}: could not write the COG ({str(exc).splitlines()[0]})") from None
+
+
+def finish(job: Job, plan: TilePlan, classes, output: Path, probabilities: Path | None) -> None:
+    """VRT → COG for the classes (and probabilities), the class table sidecars, then drop the work folder.
+
+    Both COGs are written under temporary names and renamed together at the end.
+    """
+    work = Path(job.work)
+    grid = job.grid
+    files = piece_files(job, plan)
+    pfiles = piece_files(job, plan, ".prob.tif") if probabilities is not None else None
+    (work / "classes.vrt").write_text(classes_vrt(grid, files, classes))
+    with rasterio.Env(**GDAL_ENV), atomic_output(output) as tmp, contextlib.ExitStack() as stack:
+        _copy_cog(work / "classes.vrt", tmp, output, "MODE")
+        # The colour table and the LANDCOVER_CLASSES tag came in through the VRT; a COG must not be updated
+        # in place, so only the sidecars (attribute table in .aux.xml, QGIS .qml) are written.
+        write_class_table(tmp, classes, nodata=0, in_file=False)
+        if probabilities is not None:
+            ptmp = stack.enter_context(atomic_output(probabilities))
+            (work / "probabilities.vrt").write_text(probabilities_vrt(grid, pfiles, classes))
+            _copy_cog(work / "probabilities.vrt", ptmp, probabilities, "AVERAGE")
+        os.replace(tmp.with_suffix(".qml"), output.with_suffix(".qml"))
+    shutil.rmtree(work, ignore_errors=True)

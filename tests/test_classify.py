@@ -1,0 +1,339 @@
+"""Whole-raster classification: a tiny model trained here on generated scenes classifies generated rasters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from conftest import write_raster
+from landcover.classes import ClassInfo, read_class_table
+from landcover.classify import blocks as blocks_mod
+from landcover.classify import classify_pixels
+from landcover.classify.blend import ClassDecoder
+from landcover.classify.engine import Engine, TTAEngine, choose_backend, weights_hash
+from landcover.classify.plan import TilePlan
+from landcover.errors import LandcoverError
+from landcover.model import UNet
+from landcover.package import ModelPackage, load_package, save_package
+
+VALUES = (1, 2, 5)
+CLASSES = [ClassInfo(1, "Water", (0, 112, 255)), ClassInfo(2, "Trees", (38, 115, 0)),
+           ClassInfo(5, "Built", (255, 0, 0))]
+MEAN, STD = 90.0, 50.0
+TRANSFORM = from_origin(500000.0, 4300000.0, 1.0, 1.0)
+
+
+def scene(rng, h, w, min_size=6, max_size=30):
+    """A label map of random rectangles; class value v brightens band VALUES.index(v)."""
+    lab = np.full((h, w), 1, np.uint8)
+    for _ in range(max(3, h * w // (3 * max_size * max_size // 4))):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        lab[y: y + rng.integers(min_size, max_size), x: x + rng.integers(min_size, max_size)] = rng.choice(VALUES)
+    img = rng.normal(60, 12, (4, h, w))
+    for k, v in enumerate(VALUES):
+        img[k][lab == v] += 90
+    return np.clip(img, 1, 255).astype(np.uint8), lab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # Tests share two cores with other processes; one torch thread avoids OpenMP spin-waiting.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LANDCOVER_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A resnet18 U-Net trained for a few dozen steps to tell the three classes apart, as a package."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = UNet(4, len(VALUES) + 1, "resnet18")
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    lut = np.zeros(256, np.int64)
+    lut[list(VALUES)] = np.arange(1, len(VALUES) + 1)
+    for _ in range(40):
+        xs, ys = zip(*(scene(rng, 64, 64) for _ in range(3)), strict=True)
+        x = torch.from_numpy((np.stack(xs).astype(np.float32) - MEAN) / STD)
+        loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(lut[np.stack(ys)]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pkg = ModelPackage(classes=CLASSES, backbone="resnet18", extract_bands=[0, 1, 2, 3], mean=[MEAN] * 4,
+                       std=[STD] * 4, tile_size=64, band_names=["b1", "b2", "b3", "b4"], input_dtype="uint8",
+                       state_dict={k: v.detach() for k, v in model.state_dict().items()})
+    return save_package(pkg, tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def raster(tmp_path_factory):
+    """(path, labels) of a 230 x 300 generated scene with nodata (0) in its top-left corner."""
+    img, lab = scene(np.random.default_rng(1), 230, 300, 12, 50)
+    img[:, :40, :60] = 0
+    path = write_raster(tmp_path_factory.mktemp("img") / "scene.tif", img, nodata=0, transform=TRANSFORM)
+    return path, lab
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+# --- plan and blending ------------------------------------------------------------------------------------------
+
+def test_plan_covers_every_pixel_with_weight_and_no_rim():
+    plan = TilePlan.build(300, 230, 64, 16, 100)
+    for axis in (plan.rows, plan.cols):
+        total = np.zeros(axis.size)
+        for k, s in enumerate(axis.starts):
+            total[s: s + axis.tile] += axis.window(k)
+            assert 0 <= s and s + axis.tile <= axis.size  # no tile reads past the raster
+        assert total.min() > 0.999  # every pixel has weight
+        assert np.allclose(total, 1)  # across every overlap the two ramps add up to one
+        assert axis.window(0)[0] == 1 and axis.window(axis.count - 1)[-1] == 1  # raster edges: full weight
+        assert axis.window(1)[0] == 0  # interior edges: the least-context pixels are not used
+        segs = axis.segments
+        assert segs[0].start == 0 and segs[-1].stop == axis.size
+        assert all(a.stop == b.start for a, b in zip(segs, segs[1:], strict=False))
+    pieces = plan.pieces()
+    assert sum(plan.piece_rect(p)[2] * plan.piece_rect(p)[3] for p in pieces) == 300 * 230
+
+
+def test_decoder_excludes_background_and_ignored():
+    logits = np.zeros((4, 1, 3), np.float32)
+    logits[0] = 5  # background wins unless excluded
+    logits[2, 0, 1] = 1
+    logits[3, 0, 2] = 1
+    lut = np.array([0, 1, 2, 5], np.uint8)
+    assert ClassDecoder.build(lut, True).classes(logits).tolist() == [[0, 0, 0]]
+    assert ClassDecoder.build(lut, False).classes(logits).tolist() == [[1, 2, 5]]
+    assert ClassDecoder.build(lut, False, ignore_values=[2]).classes(logits).tolist() == [[1, 1, 5]]
+    probs = ClassDecoder.build(lut, False).probabilities(logits)
+    assert probs.shape == (3, 1, 3) and abs(int(probs[:, 0, 0].sum()) - 255) <= 2
+
+
+def test_tta_inverts_each_transform():
+    class Pointwise(Engine):  # a per-pixel model is equivariant, so TTA must return exactly its output
+        def _forward(self, x, w):
+            return np.concatenate([x, x ** 2], axis=1) * w, None
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.random((2, 32, 32)).astype(np.float32), rng.random((2, 40, 24)).astype(np.float32)]
+    weights = [rng.random(t.shape[1:]).astype(np.float32) for t in tiles]
+    for (base, _), (tta, classes) in zip(Pointwise().run(tiles, weights), TTAEngine(Pointwise()).run(tiles, weights),
+                                         strict=True):
+        assert classes is None and np.allclose(tta, base, atol=1e-6)
+
+
+# --- classification ------------------------------------------------------------------------------------------------
+
+def test_classifies_generated_raster(model_dir, raster, tmp_path):
+    path, lab = raster
+    out = classify_pixels(path, model_dir, tmp_path / "map.tif", padding=8, progress=False)
+    classes = read(out)
+    valid = np.ones(lab.shape, bool)
+    valid[:40, :60] = False
+    assert (classes[~valid] == 0).all()  # nodata where the input is nodata
+    assert (classes[valid] != 0).all()
+    assert (classes[valid] == lab[valid]).mean() > 0.8
+    # no rim: the outermost rows and columns are as good as the interior
+    edge = np.zeros_like(valid)
+    edge[[0, 1, -2, -1], :] = edge[:, [0, 1, -2, -1]] = True
+    assert (classes[edge & valid] == lab[edge & valid]).mean() > 0.75
+    with rasterio.open(out) as ds, rasterio.open(path) as src:
+        assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 0 and ds.count == 1
+        assert ds.profile["compress"] == "deflate" and ds.profile["tiled"]
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        cmap = ds.colormap(1)
+        assert cmap[1][:3] == (0, 112, 255) and cmap[5][:3] == (255, 0, 0)
+    assert read_class_table(out) == CLASSES  # names from the attribute table (.aux.xml)
+    assert "Built" in out.with_suffix(".qml").read_text()
+    assert not (tmp_path / "map.tif.blocks").exists()
+
+
+def test_block_cut_does_not_change_pixels(model_dir, raster, tmp_path):
+    path, _ = raster
+    kw = dict(padding=8, progress=False, predict_background=False)
+    one = classify_pixels(path, model_dir, tmp_path / "one.tif", block_size=10_000,
+                          probabilities=tmp_path / "p1.tif", **kw)
+    many = classify_pixels(path, model_dir, tmp_path / "many.tif", block_size=60, batch_size=3,
+                           probabilities=tmp_path / "p2.tif", **kw)
+    assert np.array_equal(read(one), read(many))
+    with rasterio.open(tmp_path / "p1.tif") as a, rasterio.open(tmp_path / "p2.tif") as b:
+        pa, pb = a.read(), b.read()
+        assert np.array_equal(pa, pb)
+        assert a.count == 3 and a.descriptions == ("Water", "Trees", "Built")
+        mask = a.dataset_mask()
+        assert (mask[:40, :60] == 0).all() and (mask[40:, 60:] == 255).all()
+    classes = read(one)
+    valid = classes > 0
+    top = np.array(VALUES, np.uint8)[pa.argmax(axis=0)]
+    assert (top[valid] == classes[valid]).mean() > 0.99  # probabilities agree with the class map
+    sums = pa.sum(axis=0, dtype=int)[valid]
+    assert sums.min() >= 250 and sums.max() <= 260
+
+
+def test_tta_and_extent_with_cell_size(model_dir, raster, tmp_path):
+    path, lab = raster
+    # an extent in another CRS, resampled to 2 m cells
+    from rasterio.warp import transform_bounds
+
+    left, top = TRANSFORM.c + 70, TRANSFORM.f - 50
+    bounds = transform_bounds("EPSG:32617", "EPSG:4326", left, top - 160, left + 200, top)
+    out = classify_pixels(path, model_dir, tmp_path / "sub.tif", padding=8, extent=bounds, extent_crs="EPSG:4326",
+                          cell_size=2, test_time_augmentation=True, progress=False)
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32617 and ds.res == (2.0, 2.0)
+        assert ds.bounds.left >= left - 10 and ds.bounds.right <= left + 210
+        classes = ds.read(1)
+        rows, cols = np.mgrid[0: ds.height, 0: ds.width]
+        xs, ys = ds.xy(rows.ravel(), cols.ravel())
+    r, c = rasterio.transform.rowcol(TRANSFORM, xs, ys)
+    truth = lab[np.clip(r, 0, 229), np.clip(c, 0, 299)].reshape(classes.shape)
+    assert (classes == truth).mean() > 0.75
+
+
+def test_small_and_all_nodata_rasters(model_dir, tmp_path):
+    img, _ = scene(np.random.default_rng(3), 40, 50)
+    small = classify_pixels(write_raster(tmp_path / "small.tif", img, nodata=0), model_dir, tmp_path / "s.tif",
+                            progress=False)
+    assert read(small).shape == (40, 50) and (read(small) > 0).all()  # smaller than a tile: classified
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((4, 90, 100), np.uint8), nodata=0)
+    assert (read(classify_pixels(empty, model_dir, tmp_path / "e.tif", progress=False)) == 0).all()
+
+
+def test_resume_after_a_crash_gives_identical_pixels(model_dir, raster, tmp_path, monkeypatch):
+    path, _ = raster
+    kw = dict(padding=8, block_size=60, progress=False)
+    reference = read(classify_pixels(path, model_dir, tmp_path / "ref.tif", **kw))
+    out = tmp_path / "run.tif"
+    real_run, calls = blocks_mod._BlockRun.run, []
+
+    def crashing(self):
+        calls.append(self.block)
+        if len(calls) == 4:
+            raise RuntimeError("simulated crash")
+        return real_run(self)
+
+    monkeypatch.setattr(blocks_mod._BlockRun, "run", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        classify_pixels(path, model_dir, out, **kw)
+    assert not out.exists() and (tmp_path / "run.tif.blocks" / "manifest.json").exists()
+    with pytest.raises(LandcoverError, match="--resume"):
+        classify_pixels(path, model_dir, out, **kw)
+    with pytest.raises(LandcoverError, match="tile"):
+        classify_pixels(path, model_dir, out, tile_size=96, resume=True, **kw)
+    monkeypatch.setattr(blocks_mod._BlockRun, "run", real_run)
+    calls.clear()
+    seen = []
+    monkeypatch.setattr(blocks_mod._BlockRun, "run", lambda self: seen.append(self.block) or real_run(self))
+    classify_pixels(path, model_dir, out, resume=True, **kw)
+    assert len(seen) == len(TilePlan.build(230, 300, 64, 8, 60).blocks) - 3  # finished blocks were skipped
+    assert np.array_equal(read(out), reference)
+    assert not (tmp_path / "run.tif.blocks").exists()
+
+
+def test_backend_choice_agrees_and_is_cached(model_dir, raster, monkeypatch):
+    pkg = load_package(model_dir)
+    decoder = ClassDecoder.build(pkg.index_to_value, True)
+    img, _ = scene(np.random.default_rng(5), 64, 64)
+    calib = ((img.astype(np.float32) - MEAN) / STD)[None]
+    valid = np.ones((1, 64, 64), bool)
+    decision = choose_backend(pkg, decoder, calib, valid, model_hash=weights_hash(pkg),
+                              candidates=("fp32", "bf16", "onnx", "int8"))
+    results = decision["results"]
+    assert decision["backend"] in results and results[decision["backend"]]["agreement"] >= 0.995
+    assert {"fp32", "bf16", "onnx", "int8"} <= set(results)
+    assert results["onnx"]["agreement"] > 0.99  # the exported graph computes the same classes
+    monkeypatch.setattr("landcover.classify.engine._measure", lambda *a, **k: pytest.fail("not cached"))
+    again = choose_backend(pkg, decoder, calib, valid, model_hash=weights_hash(pkg),
+                           candidates=("fp32", "bf16", "onnx", "int8"))
+    assert again["backend"] == decision["backend"]
+
+
+@pytest.mark.parametrize("backend", ["bf16", "onnx", pytest.param("bf16-compiled", marks=pytest.mark.slow)])
+def test_other_backends_classify_alike(model_dir, raster, tmp_path, backend):
+    path, _ = raster
+    ref = read(classify_pixels(path, model_dir, tmp_path / "fp32.tif", padding=8, progress=False))
+    out = read(classify_pixels(path, model_dir, tmp_path / f"{backend}.tif", padding=8, backend=backend,
+                               progress=False))
+    assert (out == ref).mean() > 0.99
+
+
+# --- Dask ------------------------------------------------------------------------------------------------------
+
+def test_local_dask_cluster_gives_the_same_raster(model_dir, raster, tmp_path):
+    path, _ = raster
+    kw = dict(padding=8, block_size=100, progress=False)
+    ref = read(classify_pixels(path, model_dir, tmp_path / "local.tif", **kw))
+    out = classify_pixels(path, model_dir, tmp_path / "dask.tif", workers=2, **kw)
+    assert np.array_equal(read(out), ref)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+def cli(capsys, *args) -> tuple[int, str]:
+    from landcover.cli import main
+
+    code = main(["classify", "--quiet", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
+    path, _ = raster
+    out = tmp_path / "out.tif"
+    bad_emd = tmp_path / "bad" / "bad.emd"
+    bad_emd.parent.mkdir()
+    bad_emd.write_text("{not json")
+    three = write_raster(tmp_path / "three.tif", np.ones((3, 20, 20), np.uint8))
+    uint16 = write_raster(tmp_path / "u16.tif", np.ones((4, 20, 20), np.uint16))
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    cases = [
+        (["--model", tmp_path / "nope.emd", "--imagery", path, "--out", out], "model not found"),
+        (["--model", bad_emd, "--imagery", path, "--out", out], "not valid JSON"),
+        (["--model", model_dir, "--imagery", three, "--out", out], "band"),
+        (["--model", model_dir, "--imagery", uint16, "--out", out], "uint16"),
+        (["--model", model_dir, "--imagery", path, "--out", out, "--extent", 0, 0, 10, 10], "does not overlap"),
+        (["--model", model_dir, "--imagery", path, "--out", blocker / "out.tif"], "not writable"),
+        (["--model", model_dir, "--imagery", path, "--out", out, "--scheduler", "tcp://127.0.0.1:9"], "scheduler"),
+    ]
+    for args, message in cases:
+        code, err = cli(capsys, *args)
+        assert code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not (tmp_path / "out.tif.blocks").exists()
+    out.write_bytes(b"precious")
+    code, err = cli(capsys, "--model", model_dir, "--imagery", path, "--out", out)
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == b"precious"
+
+
+def test_cli_classifies(model_dir, raster, tmp_path, capsys):
+    path, lab = raster
+    out = tmp_path / "cli.tif"
+    from landcover.cli import main
+
+    code = main(["classify", "--model", str(model_dir / "tiny.dlpk"), "--imagery", str(path), "--out", str(out),
+                 "--padding", "8", "--no-predict-background"])
+    assert code == 0
+    assert "MP/s" in capsys.readouterr().err.strip().splitlines()[-1]
+    classes = read(out)
+    assert (classes[40:, 60:] == lab[40:, 60:]).mean() > 0.8
+    with rasterio.open(out) as ds:
+        assert json.loads(ds.tags(1)["LANDCOVER_CLASSES"])[0]["Name"] == "Water"
