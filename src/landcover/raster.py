@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NodataShadowWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -195,7 +196,11 @@ class GridReader:
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
         data[(slice(None), *sl)] = block
         if masked:
-            m = src.dataset_mask(window=inner) > 0
+            with warnings.catch_warnings():
+                # A 4-band uint8 raster with a nodata value (NAIP RGBN) makes GDAL call band 4 "alpha"; nodata
+                # decides the mask, which is what we want, so rasterio's warning about it is noise.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                m = src.dataset_mask(window=inner) > 0
             valid[sl] = m
             if not m.all():
                 data[(slice(None), *sl)][:, ~m] = fill

@@ -21,7 +21,6 @@ import shutil
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,17 +28,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import NodataShadowWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from ..raster import GDAL_ENV, Grid, GridReader, open_imagery
 from .blend import ClassDecoder, tile_weights
 from .plan import TilePlan
-
-# Four-band uint8 imagery with a nodata value makes GDAL mention an alpha band it will not use; the nodata
-# value is what we want, so the warning is noise for every read.
-warnings.filterwarnings("ignore", category=NodataShadowWarning)
 
 
 @dataclass(frozen=True)
