@@ -42,8 +42,8 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, metavar="map.png|map.html", help="output map")
     m.add_argument("--title", help="map title (default: the classified file's name)")
     m.add_argument("--opacity", type=float, default=0.6, help="class opacity over imagery (default: %(default)s)")
-    m.add_argument("--size", nargs=2, type=int, default=(1600, 1000), metavar=("W", "H"),
-                   help="PNG size in pixels (default: 1600 1000)")
+    m.add_argument("--size", nargs=2, type=int, default=None, metavar=("W", "H"),
+                   help="PNG size in pixels (default: 1000 high, as wide as the raster's shape and the legend need)")
     m.add_argument("--max-size", type=int, metavar="PX", help="longest side of the layers read (default: the "
                    "PNG's longer side; 2048 for HTML)")
     m.set_defaults(func=_map)
@@ -89,7 +89,8 @@ def _map(args) -> int:
     from ..maps import render_map
 
     result = render_map(args.classified, imagery=args.imagery, bands=args.bands, out=args.out, title=args.title,
-                        opacity=args.opacity, size=tuple(args.size), max_size=args.max_size)
+                        opacity=args.opacity, size=tuple(args.size) if args.size else None,
+                        max_size=args.max_size)
     print(f"map: {result.path} ({len(result.legend)} classes)")
     return 0
 

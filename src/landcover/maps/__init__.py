@@ -6,6 +6,7 @@ Both read the rasters decimated to display size (from overviews when the files h
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,19 @@ class MapResult:
     details: dict = field(default_factory=dict)
 
 
+def fitted_size(grid, height: int = 1000) -> tuple[int, int]:
+    """A PNG size whose map area follows the raster's ground shape, with room for the legend on the right."""
+    left, bottom, right, top = grid.bounds
+    ratio = (right - left) / max(top - bottom, 1e-12)
+    if grid.crs is not None and grid.crs.is_geographic:
+        ratio *= math.cos(math.radians((bottom + top) / 2))
+    map_width = 0.87 * height * ratio  # the map axes take 87 % of the height
+    return int(min(2400, max(700, map_width / 0.95 + 340))), height
+
+
 def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | None = None,
                out: str | os.PathLike = "map.png", title: str | None = None, opacity: float = 0.6,
-               size: tuple[int, int] = (1600, 1000), max_size: int | None = None,
+               size: tuple[int, int] | None = None, max_size: int | None = None,
                clip: tuple[float, float] = (2.0, 98.0)) -> MapResult:
     """Render a classified raster, optionally over imagery, to a PNG or an interactive HTML page.
 
@@ -41,7 +52,8 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
         out: ``.png`` for a static map, ``.html``/``.htm`` for an interactive page (works offline).
         title: map title (default: the classified file's name).
         opacity: opacity of the classes over the imagery, 0..1.
-        size: PNG size in pixels (width, height).
+        size: PNG size in pixels (width, height); default: 1000 pixels high and as wide as the raster's shape
+            plus the legend needs (a tall, narrow area does not float in white space).
         max_size: longest side of the layers read, in pixels (default: the PNG's longer side, 2048 for HTML).
         clip: percentiles of the imagery stretch.
     """
@@ -51,13 +63,15 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
         raise LandcoverError(f"{out}: the map must be a .png or an .html file")
     if not 0.0 <= float(opacity) <= 1.0:
         raise LandcoverError(f"--opacity {opacity}: must be between 0 and 1")
-    if fmt == "png" and (len(size) != 2 or min(size) < 100 or max(size) > 20000):
+    if fmt == "png" and size is not None and (len(size) != 2 or min(size) < 100 or max(size) > 20000):
         raise LandcoverError(f"--size {' '.join(map(str, size))}: give width and height between 100 and 20000 pixels")
     if not 0 <= clip[0] < clip[1] <= 100:
         raise LandcoverError(f"clip {clip}: percentiles must satisfy 0 <= low < high <= 100")
     title = title if title is not None else Path(classified).stem
-    limit = int(max_size) if max_size else (max(size) if fmt == "png" else 2048)
+    limit = int(max_size) if max_size else (max(size or (2000,)) if fmt == "png" else 2048)
     classes = read_classes(str(classified), limit)
+    if fmt == "png" and size is None:
+        size = fitted_size(classes.grid)
     layer = read_imagery(imagery, bands, classes.grid, limit, clip) if imagery else None
     if fmt == "png":
         from .static import render_png
