@@ -68,6 +68,11 @@ class Grid:
         xs, ys = (t.c, t.c + self.width * t.a), (t.f, t.f + self.height * t.e)
         return (min(xs), min(ys), max(xs), max(ys))
 
+    def overlaps(self, bounds: Sequence[float]) -> bool:
+        """Whether (left, bottom, right, top) bounds in the grid's CRS share any area with the grid."""
+        left, bottom, right, top = self.bounds
+        return bounds[0] < right and bounds[2] > left and bounds[1] < top and bounds[3] > bottom
+
     @property
     def res(self) -> tuple[float, float]:
         return (abs(self.transform.a), abs(self.transform.e))

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LandcoverError
+from ..raster import atomic_output
 from .blend import ClassDecoder
 
 #: class-map agreement with fp32 eager that a faster backend must reach
@@ -225,15 +226,10 @@ def compile_aoti(model, decoder: ClassDecoder, folder: Path) -> Path:
     h32, w32 = Dim("h32", min=1, max=256), Dim("w32", min=1, max=256)
     dynamic = {"x": {2: 32 * h32, 3: 32 * w32}, "w": {2: 32 * h32, 3: 32 * w32}}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
-    try:
-        with torch.no_grad():
-            exported = torch.export.export(module, (x, w), dynamic_shapes=dynamic)
-            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
-                                                     inductor_configs={"freezing": True})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, torch.no_grad():
+        exported = torch.export.export(module, (x, w), dynamic_shapes=dynamic)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
+                                                 inductor_configs={"freezing": True})
     return path
 
 
@@ -324,22 +320,17 @@ def export_onnx(model, decoder: ClassDecoder, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _decode_head(_core(model), decoder)
     x, w = torch.zeros(1, model.in_channels, 64, 64), torch.ones(1, 1, 64, 64)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        import warnings
+    import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, (x, w), str(tmp), dynamo=False, input_names=["x", "w"],
-                output_names=["weighted", "classes"],
-                dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "w": {0: "n", 2: "h", 3: "w"},
-                              "weighted": {0: "n", 2: "h", 3: "w"}, "classes": {0: "n", 1: "h", 2: "w"}},
-                opset_version=17,
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x, w), str(tmp), dynamo=False, input_names=["x", "w"],
+            output_names=["weighted", "classes"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "w": {0: "n", 2: "h", 3: "w"},
+                          "weighted": {0: "n", 2: "h", 3: "w"}, "classes": {0: "n", 1: "h", 2: "w"}},
+            opset_version=17,
+        )
     return path
 
 
@@ -361,16 +352,14 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> Path:
             return next(self.items, None)
 
     pre = path.with_name(f".{path.stem}.{os.getpid()}.pre.onnx")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_float_tail(pre))
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=_float_tail(pre))
     finally:
         pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
         for side in path.parent.glob(f".{path.stem}*.data"):
             side.unlink(missing_ok=True)
     return path
@@ -515,9 +504,8 @@ def choose_backend(pkg, decoder: ClassDecoder, calibration: np.ndarray, valid: n
         decision = _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, log)
         decision.update(key=key, tile=tile or list(shape))
         decisions[key] = decision
-        tmp = decisions_path.with_name(f".decisions.{os.getpid()}.json")
-        tmp.write_text(json.dumps(decisions, indent=1))
-        os.replace(tmp, decisions_path)
+        with atomic_output(decisions_path) as tmp:
+            tmp.write_text(json.dumps(decisions, indent=1))
     return decision
 
 

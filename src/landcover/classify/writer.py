@@ -53,9 +53,8 @@ def open_work(work: Path, manifest: dict, resume: bool, overwrite: bool) -> None
                     f"{_short(manifest.get(key))}; rerun with the same options or remove the folder")
         return
     work.mkdir(parents=True)
-    tmp = work / f".{MANIFEST}.partial"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, work / MANIFEST)
+    with atomic_output(work / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
 
 
 def read_manifest(work: Path) -> dict | None:
@@ -195,5 +194,4 @@ def finish(job: Job, plan: TilePlan, classes, output: Path, probabilities: Path 
             ptmp = stack.enter_context(atomic_output(probabilities))
             (work / "probabilities.vrt").write_text(probabilities_vrt(grid, pfiles, classes))
             _copy_cog(work / "probabilities.vrt", ptmp, probabilities, "AVERAGE")
-        os.replace(tmp.with_suffix(".qml"), output.with_suffix(".qml"))
     shutil.rmtree(work, ignore_errors=True)

@@ -50,8 +50,7 @@ def _check_overlap(path, bounds, crs, grid: Grid) -> None:
                                  "(gdal_edit.py -a_srs EPSG:...)")
     elif crs != grid.crs:
         bounds = transform_bounds(crs, grid.crs, *bounds, densify_pts=21)
-    left, bottom, right, top = grid.bounds
-    if bounds[0] >= right or bounds[2] <= left or bounds[1] >= top or bounds[3] <= bottom:
+    if not grid.overlaps(bounds):
         raise LandcoverError(f"{path}: the reference does not overlap the prediction; check that both cover the "
                              "same area (and their CRSs)")
 

@@ -57,8 +57,7 @@ def open_labels(path: str | os.PathLike, grid: Grid, class_field: str | None = N
 
 
 def _check_overlap(path: str, grid: Grid, bounds: tuple[float, float, float, float]) -> None:
-    left, bottom, right, top = grid.bounds
-    if bounds[0] >= right or bounds[2] <= left or bounds[1] >= top or bounds[3] <= bottom:
+    if not grid.overlaps(bounds):
         raise LandcoverError(f"{path}: labels do not overlap the imagery (or the --extent); "
                              "check both layers' CRS and extent")
 
