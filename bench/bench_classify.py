@@ -293,9 +293,14 @@ def main() -> None:
     report["overlap"] = plan.cost()
     best_name = max(runs, key=lambda n: runs[n]["end_to_end"]["mps"])
     best = runs[best_name]
-    # 3. --backend auto as a user would run it (its own choice on random weights, measured on the first run)
-    report["auto_run"] = classify(raster, model, args.dir / "out.tif", args, workers=best["workers"],
-                                  backend="auto")
+    # 3. --backend auto as a user would run it (its own choice on random weights, measured on the first run),
+    #    and its own bare model in the same layout
+    auto = classify(raster, model, args.dir / "out.tif", args, workers=best["workers"], backend="auto")
+    chosen = next((ln.split(":", 1)[1].strip() for ln in auto["log"] if ln.startswith("backend:")),
+                  decision["backend"])
+    auto_bare = bare_model(model, chosen, decision["artifacts"].get(chosen), plan.rows.tile, best["workers"])
+    report["auto_run"] = {**auto, "backend": chosen, "bare_output_mps": auto_bare / plan.cost(),
+                          "ratio_to_bare": auto["mps"] / (auto_bare / plan.cost())}
     # 4. naive loop
     report["naive_fp32_mps"] = naive_loop(raster, model, args.dir / "naive.tif", args.tile, args.padding,
                                           args.naive_tiles)
@@ -313,6 +318,8 @@ def main() -> None:
         "naive_mps": round(report["naive_fp32_mps"], 3),
         "speedup_vs_naive": round(e2e_mps / report["naive_fp32_mps"], 2),
         "peak_rss_gb": round(best["end_to_end"]["peak_rss_gb"], 2),
+        "auto": {"backend": report["auto_run"]["backend"], "end_to_end_mps": round(report["auto_run"]["mps"], 3),
+                 "ratio_to_bare": round(report["auto_run"]["ratio_to_bare"], 3)},
     }
     if rss_size:
         summary["peak_rss_gb_rss_size"] = round(report["rss_size_run"]["peak_rss_gb"], 2)

@@ -16,7 +16,7 @@ from landcover.classes import ClassInfo, read_class_table
 from landcover.classify import blocks as blocks_mod
 from landcover.classify import classify_pixels
 from landcover.classify.blend import ClassDecoder
-from landcover.classify.engine import Engine, TTAEngine, choose_backend, weights_hash
+from landcover.classify.engine import Engine, TTAEngine, cached_decision, choose_backend, weights_hash
 from landcover.classify.plan import TilePlan
 from landcover.errors import LandcoverError
 from landcover.model import UNet
@@ -265,6 +265,11 @@ def test_backend_choice_agrees_and_is_cached(model_dir, raster, monkeypatch):
     again = choose_backend(pkg, decoder, calib, valid, model_hash=weights_hash(pkg),
                            candidates=("fp32", "bf16", "onnx", "int8"))
     assert again["backend"] == decision["backend"]
+    # what classify_pixels looks up before it reads any calibration tiles
+    cached = cached_decision(decoder, model_hash=weights_hash(pkg), candidates=("fp32", "bf16", "onnx", "int8"),
+                             tile=[64, 64])
+    assert cached == decision
+    assert cached_decision(decoder, model_hash=weights_hash(pkg), candidates=("fp32",), tile=[64, 64]) is None
 
 
 @pytest.mark.parametrize("backend", ["bf16", "onnx", pytest.param("bf16-compiled", marks=pytest.mark.slow)])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import rasterio
+from rasterio.errors import NodataShadowWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -79,6 +81,32 @@ def test_grid_reader_windows_and_nodata(make_raster):
     with rasterio.open(path) as ds, GridReader(ds, target_grid(Grid.of(ds), cell_size=2)) as rd:
         data, valid = rd.read(Window(0, 0, 5, 5))
         assert data.shape == (1, 5, 5) and valid[1:].all() and not valid[0].any()
+
+
+@pytest.mark.parametrize(("bands", "dtype", "nodata", "indexes"), [
+    (3, "uint8", 0, None),  # mask: any band is not nodata
+    (4, "uint8", 0, None),  # GDAL takes band 4 for alpha: its nodata mask decides
+    (4, "uint8", 0, [4, 1]),
+    (4, "uint8", 0, [1, 2, 3]),  # the alpha band is not read: GDAL's mask is read instead
+    (2, "int16", -9999, None),
+    (3, "float32", 0, None),  # floats: GDAL's mask
+    (4, "uint8", None, None),  # alpha band values, no nodata
+])
+def test_grid_reader_mask_matches_gdal(make_raster, bands, dtype, nodata, indexes):
+    """The mask GridReader derives from the pixels it read is GDAL's dataset mask."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 3, (bands, 40, 50)).astype(dtype)
+    if nodata is not None:
+        arr[:, :6, :6] = nodata
+    path = make_raster(f"m{bands}{dtype}.tif", arr, nodata=nodata)
+    win = Window(-3, 2, 30, 30)
+    with warnings.catch_warnings(), rasterio.open(path) as ds:
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        data, valid = GridReader(ds, Grid.of(ds), indexes=indexes).read(win)
+        expected = np.zeros((30, 30), bool)
+        expected[:, 3:] = ds.dataset_mask(window=Window(0, 2, 27, 30)) > 0
+    assert np.array_equal(valid, expected)
+    assert (data[:, ~valid] == 0).all()
 
 
 def test_open_imagery_stacks_band_files(make_raster):

@@ -97,7 +97,10 @@ class ModelPackage:
         shape = (-1,) + (1,) * (x.ndim - 1)
         mean = np.asarray(self.mean, np.float32).reshape(shape)
         std = np.asarray(self.std, np.float32).reshape(shape)
-        return (x.astype(np.float32) - mean) / std
+        out = x.astype(np.float32)  # a new array: the in-place steps below do not touch x
+        out -= mean
+        out /= std
+        return out
 
     # --- emd ---------------------------------------------------------------------------------------------
 

@@ -155,6 +155,7 @@ class GridReader:
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
         self._vrt = None
+        self._mask_band = _mask_from_data(ds, self.indexes)
         if self.offset is None:
             kw = {}
             if ds.nodata is not None:
@@ -200,7 +201,13 @@ class GridReader:
         block = src.read(self.indexes, window=inner)
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
         data[(slice(None), *sl)] = block
-        if masked:
+        if masked and self._vrt is None and self._mask_band is not None:
+            # The mask follows from the pixels just read: no second read (and decode) of the window.
+            m = _nodata_mask(block, self.ds.nodata, self._mask_band)
+            valid[sl] = m
+            if not m.all():
+                data[(slice(None), *sl)][:, ~m] = fill
+        elif masked:
             with warnings.catch_warnings():
                 # A 4-band uint8 raster with a nodata value (NAIP RGBN) makes GDAL call band 4 "alpha"; nodata
                 # decides the mask, which is what we want, so rasterio's warning about it is noise.
@@ -212,6 +219,31 @@ class GridReader:
         else:
             valid[sl] = True
         return data, valid
+
+
+def _mask_from_data(ds, indexes: list[int]) -> int | None:
+    """How GDAL's dataset mask follows from the bands we read, where it does: -1 when it is "any band is not
+    nodata" (integer bands whose only mask is the nodata value, no alpha band, all of them read), or the
+    position in ``indexes`` of the alpha band whose nodata mask GDAL uses (a 4-band byte raster with a
+    nodata value); None when the mask must be read from GDAL (mask bands, alpha values, floats, a subset)."""
+    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) or ds.nodata is None:
+        return None
+    if any(list(flags) != [rasterio.enums.MaskFlags.nodata] for flags in ds.mask_flag_enums):
+        return None
+    alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == rasterio.enums.ColorInterp.alpha]
+    if alpha:
+        return indexes.index(alpha[0]) if alpha[0] in indexes else None
+    return -1 if sorted(indexes) == list(range(1, ds.count + 1)) else None
+
+
+def _nodata_mask(block: np.ndarray, nodata, band: int) -> np.ndarray:
+    info = np.iinfo(block.dtype)
+    if not info.min <= nodata <= info.max or nodata != int(nodata):  # a value no pixel can take
+        return np.ones(block.shape[1:], bool)
+    nodata = block.dtype.type(nodata)
+    if band >= 0:
+        return block[band] != nodata
+    return (block != nodata).any(axis=0)
 
 
 def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:

@@ -25,7 +25,15 @@ from ..errors import LandcoverError
 from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, target_grid
 from .blend import ClassDecoder
 from .blocks import Job, done_path, run_block
-from .engine import BACKENDS, cache_lock, choose_backend, cuda_available, prepare_artifact, weights_hash
+from .engine import (
+    BACKENDS,
+    cache_lock,
+    cached_decision,
+    choose_backend,
+    cuda_available,
+    prepare_artifact,
+    weights_hash,
+)
 from .plan import TilePlan
 from .writer import assemble_seam, finish, open_work, read_manifest, work_dir
 
@@ -210,16 +218,21 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         backend = "fp32"
     if backend in ("fp32", "bf16", "cuda"):
         return {"backend": backend}
-    calib, valid = _calibration(pkg, ds, grid, plan) if backend in ("auto", "int8") else (None, None)
+    candidates = ("fp32", "bf16", "onnx", "int8")
+    if fp32_seconds > COMPILE_JOB_SECONDS:
+        candidates += ("bf16-compiled",)
+    # A decision measured before for this model, tile size and machine needs no calibration tiles.
+    decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile) \
+        if backend == "auto" else None
+    calib, valid = _calibration(pkg, ds, grid, plan) if backend == "int8" or (
+        backend == "auto" and decision is None) else (None, None)
     if backend == "auto":
-        if calib is None:
+        if decision is None and calib is None:
             return {"backend": "fp32"}
-        candidates = ("fp32", "bf16", "onnx", "int8")
-        if fp32_seconds > COMPILE_JOB_SECONDS:
-            candidates += ("bf16-compiled",)
-        say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
-        decision = choose_backend(pkg, decoder, calib, valid, model_hash=model_hash, candidates=candidates,
-                                  tile=tile, log=say)
+        if decision is None:
+            say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
+            decision = choose_backend(pkg, decoder, calib, valid, model_hash=model_hash, candidates=candidates,
+                                      tile=tile, log=say)
         say(f"backend: {decision['backend']}")
         choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
     else:

@@ -490,23 +490,40 @@ def choose_backend(pkg, decoder: ClassDecoder, calibration: np.ndarray, valid: n
     cached under :func:`cache_dir` by model hash, requested ``tile`` size (the tiles themselves are shrunk to fit
     each raster), decoder and machine, so the measurement runs once.
     """
-    folder = cache_dir() / model_hash[:16]
-    shape = calibration.shape[1:]
-    key = hashlib.sha256(
-        json.dumps([tile or list(shape), decoder.key, list(candidates), _device_signature(threads)]).encode()
-    ).hexdigest()[:16]
-    decisions_path = folder / "decisions.json"
+    tile = tile or list(calibration.shape[2:])
+    key = _decision_key(decoder, candidates, threads, tile)
+    decisions_path = cache_dir() / model_hash[:16] / "decisions.json"
     with cache_lock(model_hash):
         decisions = _read_json(decisions_path)
-        cached = decisions.get(key)
-        if cached and (cached.get("artifact") is None or Path(cached["artifact"]).is_file()):
+        cached = _usable(decisions.get(key))
+        if cached:
             return cached
         decision = _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, log)
-        decision.update(key=key, tile=tile or list(shape))
+        decision.update(key=key, tile=tile)
         decisions[key] = decision
         with atomic_output(decisions_path) as tmp:
             tmp.write_text(json.dumps(decisions, indent=1))
     return decision
+
+
+def cached_decision(decoder: ClassDecoder, *, model_hash: str, candidates: tuple[str, ...] = CPU_BACKENDS,
+                    threads: int | None = None, tile=None) -> dict | None:
+    """The decision :func:`choose_backend` cached for these arguments, or None (then it must measure)."""
+    key = _decision_key(decoder, candidates, threads, tile)
+    with cache_lock(model_hash):
+        return _usable(_read_json(cache_dir() / model_hash[:16] / "decisions.json").get(key))
+
+
+def _decision_key(decoder: ClassDecoder, candidates, threads, tile) -> str:
+    return hashlib.sha256(
+        json.dumps([tile, decoder.key, list(candidates), _device_signature(threads)]).encode()).hexdigest()[:16]
+
+
+def _usable(decision: dict | None) -> dict | None:
+    """A cached decision whose prepared model file still exists."""
+    if decision and (decision.get("artifact") is None or Path(decision["artifact"]).is_file()):
+        return decision
+    return None
 
 
 def _read_json(path: Path) -> dict:
