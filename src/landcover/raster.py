@@ -226,8 +226,8 @@ def _mask_from_data(ds, indexes: list[int]) -> int | None:
     nodata" (integer bands whose only mask is the nodata value, no alpha band, all of them read), or the
     position in ``indexes`` of the alpha band whose nodata mask GDAL uses (a 4-band byte raster with a
     nodata value); None when the mask must be read from GDAL (mask bands, alpha values, floats, a subset)."""
-    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) or ds.nodata is None:
-        return None
+    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) or ds.nodata is None or len(set(ds.nodatavals)) > 1:
+        return None  # floats (GDAL compares them its own way), no nodata, or one nodata value per band
     if any(list(flags) != [rasterio.enums.MaskFlags.nodata] for flags in ds.mask_flag_enums):
         return None
     alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == rasterio.enums.ColorInterp.alpha]
