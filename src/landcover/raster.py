@@ -155,13 +155,13 @@ class GridReader:
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
         self._vrt = None
-        self._mask_band = _mask_from_data(ds, self.indexes)
         if self.offset is None:
             kw = {}
             if ds.nodata is not None:
                 kw.update(src_nodata=ds.nodata, nodata=ds.nodata)
             self._vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
                                   height=grid.height, resampling=resampling, **kw)
+        self._mask_band = _mask_from_data(ds, self.indexes) if self._vrt is None else None
 
     @property
     def source(self):
@@ -201,7 +201,7 @@ class GridReader:
         block = src.read(self.indexes, window=inner)
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
         data[(slice(None), *sl)] = block
-        if masked and self._vrt is None and self._mask_band is not None:
+        if masked and self._mask_band is not None:
             # The mask follows from the pixels just read: no second read (and decode) of the window.
             m = _nodata_mask(block, self.ds.nodata, self._mask_band)
             valid[sl] = m

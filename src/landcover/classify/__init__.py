@@ -218,24 +218,23 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         backend = "fp32"
     if backend in ("fp32", "bf16", "cuda"):
         return {"backend": backend}
-    candidates = ("fp32", "bf16", "onnx", "int8")
-    if fp32_seconds > COMPILE_JOB_SECONDS:
-        candidates += ("bf16-compiled",)
-    # A decision measured before for this model, tile size and machine needs no calibration tiles.
-    decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile) \
-        if backend == "auto" else None
-    calib, valid = _calibration(pkg, ds, grid, plan) if backend == "int8" or (
-        backend == "auto" and decision is None) else (None, None)
     if backend == "auto":
-        if decision is None and calib is None:
-            return {"backend": "fp32"}
+        candidates = ("fp32", "bf16", "onnx", "int8")
+        if fp32_seconds > COMPILE_JOB_SECONDS:
+            candidates += ("bf16-compiled",)
+        # A decision measured before for this model, tile size and machine needs no calibration tiles.
+        decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile)
         if decision is None:
+            calib, valid = _calibration(pkg, ds, grid, plan)
+            if calib is None:
+                return {"backend": "fp32"}
             say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
             decision = choose_backend(pkg, decoder, calib, valid, model_hash=model_hash, candidates=candidates,
                                       tile=tile, log=say)
         say(f"backend: {decision['backend']}")
         choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
     else:
+        calib = _calibration(pkg, ds, grid, plan)[0] if backend == "int8" else None
         with cache_lock(model_hash):
             artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
         choice = {"backend": backend, "artifact": artifact}

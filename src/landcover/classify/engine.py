@@ -492,7 +492,7 @@ def choose_backend(pkg, decoder: ClassDecoder, calibration: np.ndarray, valid: n
     """
     tile = tile or list(calibration.shape[2:])
     key = _decision_key(decoder, candidates, threads, tile)
-    decisions_path = cache_dir() / model_hash[:16] / "decisions.json"
+    decisions_path = _decisions_path(model_hash)
     with cache_lock(model_hash):
         decisions = _read_json(decisions_path)
         cached = _usable(decisions.get(key))
@@ -511,7 +511,11 @@ def cached_decision(decoder: ClassDecoder, *, model_hash: str, candidates: tuple
     """The decision :func:`choose_backend` cached for these arguments, or None (then it must measure)."""
     key = _decision_key(decoder, candidates, threads, tile)
     with cache_lock(model_hash):
-        return _usable(_read_json(cache_dir() / model_hash[:16] / "decisions.json").get(key))
+        return _usable(_read_json(_decisions_path(model_hash)).get(key))
+
+
+def _decisions_path(model_hash: str) -> Path:
+    return cache_dir() / model_hash[:16] / "decisions.json"
 
 
 def _decision_key(decoder: ClassDecoder, candidates, threads, tile) -> str:
