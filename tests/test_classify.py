@@ -189,6 +189,44 @@ def test_block_cut_does_not_change_pixels(model_dir, raster, tmp_path):
     assert sums.min() >= 250 and sums.max() <= 260
 
 
+def test_overviews_are_gdal_mode_and_masked(model_dir, tmp_path):
+    """Rasters larger than a COG block get overviews: the classes' are GDAL's MODE of the full resolution
+    (nodata excluded), the probabilities' keep the nodata mask."""
+    img, _ = scene(np.random.default_rng(7), 700, 1100, 12, 50)
+    img[:, :100, :300] = 0
+    path = write_raster(tmp_path / "wide.tif", img, nodata=0, transform=TRANSFORM)
+    out = classify_pixels(path, model_dir, tmp_path / "wide-map.tif", padding=8, block_size=400,
+                          probabilities=tmp_path / "wide-p.tif", progress=False)
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1) == [2, 4] and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        full = ds.read(1)
+    with rasterio.open(out, overview_level=0) as ov:
+        level = ov.read(1)
+    with rasterio.MemoryFile() as mem, mem.open(driver="GTiff", width=1100, height=700, count=1, dtype="uint8",
+                                                nodata=0, crs="EPSG:32617", transform=TRANSFORM) as plain:
+        plain.write(full, 1)
+        expected = plain.read(1, out_shape=(350, 550), resampling=rasterio.enums.Resampling.mode)
+    assert np.array_equal(level, expected)
+    assert (level[:50, :150] == 0).all() and (level[50:, 150:] > 0).all()
+    assert not list(tmp_path.glob("*.mosaic.tif")) and not (tmp_path / "wide-map.tif.blocks").exists()
+    with rasterio.open(tmp_path / "wide-p.tif", overview_level=0) as ov:
+        assert ov.count == 3 and ov.height == 350
+        mask = ov.dataset_mask()
+        assert (mask[:50, :150] == 0).all() and (mask[50:, 150:] == 255).all()
+
+
+def test_cog_write_failure_is_one_line(tmp_path):
+    from landcover.classify.writer import _copy_cog
+
+    vrt = tmp_path / "classes.vrt"  # a mosaic whose piece is gone
+    vrt.write_text('<VRTDataset rasterXSize="600" rasterYSize="600"><VRTRasterBand dataType="Byte" band="1">'
+                   '<SimpleSource><SourceFilename relativeToVRT="1">gone.tif</SourceFilename>'
+                   '<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    with pytest.raises(LandcoverError, match="out.tif: could not write the COG"):
+        _copy_cog(vrt, tmp_path / "tmp.tif", tmp_path / "out.tif", "MODE")
+    assert not (tmp_path / "classes.mosaic.tif").exists() and not (tmp_path / "tmp.tif").exists()
+
+
 def test_tta_and_extent_with_cell_size(model_dir, raster, tmp_path):
     path, lab = raster
     # an extent in another CRS, resampled to 2 m cells

@@ -198,9 +198,12 @@ class GridReader:
         if self.offset is not None:
             inner = Window(inner.col_off + self.offset[0], inner.row_off + self.offset[1], inner.width, inner.height)
         src = self.source
-        block = src.read(self.indexes, window=inner)
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
-        data[(slice(None), *sl)] = block
+        if (rr1 - rr0, cc1 - cc0) == (h, w):  # the window is inside the grid: read straight into data
+            block = src.read(self.indexes, window=inner, out=data)
+        else:
+            block = src.read(self.indexes, window=inner)
+            data[(slice(None), *sl)] = block
         if masked and self._mask_band is not None:
             # The mask follows from the pixels just read: no second read (and decode) of the window.
             m = _nodata_mask(block, self.ds.nodata, self._mask_band)

@@ -14,6 +14,7 @@ The order is fixed, so the floating-point result is the same whichever block or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -21,8 +22,15 @@ from .plan import TilePlan
 
 
 def tile_weights(plan: TilePlan, r: int, c: int) -> np.ndarray:
-    """The (h, w) float32 blending window of tile (r, c)."""
-    return np.multiply.outer(plan.rows.window(r), plan.cols.window(c))
+    """The (h, w) float32 blending window of tile (r, c). Shared between tiles with the same window: do not
+    modify it."""
+    return _outer(plan.rows.window(r).tobytes(), plan.cols.window(c).tobytes())
+
+
+@lru_cache(maxsize=16)
+def _outer(rows: bytes, cols: bytes) -> np.ndarray:
+    # Most tiles share one of a few windows (interior, first, last); a 1024² outer product costs ~2 ms.
+    return np.multiply.outer(np.frombuffer(rows, np.float32), np.frombuffer(cols, np.float32))
 
 
 @dataclass(frozen=True)
