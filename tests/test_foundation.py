@@ -146,3 +146,12 @@ def test_atomic_output_moves_sidecars(make_raster, tmp_path):
         write_class_table(tmp, [ClassInfo(1, "Water", (0, 0, 255))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]
     assert read_class_table(target)[0].name == "Water"
+
+
+def test_gdal_block_cache_is_sized_in_bytes():
+    """rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 as bytes: a value meant as MB (512) leaves GDAL with a
+    512-byte cache, and every overlapping window decodes its blocks again."""
+    from landcover.raster import GDAL_ENV
+
+    with rasterio.Env(**GDAL_ENV):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] >= 64 * 2**20
