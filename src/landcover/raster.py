@@ -32,8 +32,8 @@ from rasterio.windows import Window
 from .errors import LandcoverError
 
 #: GDAL settings for windowed work: a 128 MiB block cache, which holds the block rows that overlapping windows
-#: share (rasterio takes GDAL_CACHEMAX in bytes; 512 meant 512 bytes until 2026-11-25, no cache at all, and
-#: every overlapping read decoded its blocks again: 2x the decode time for classify's tiles), and no sidecar
+#: share (rasterio takes GDAL_CACHEMAX in bytes: a value of 512 gives a 512-byte cache, and then every
+#: overlapping read decodes its blocks again, twice the decode time for classify's tiles), and no sidecar
 #: listing of every file in the folder.
 GDAL_ENV = {"GDAL_CACHEMAX": 128 * 2**20, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "ALL_CPUS"}
 
