@@ -206,23 +206,21 @@ class GridReader:
         else:
             block = src.read(self.indexes, window=inner)
             data[(slice(None), *sl)] = block
-        if masked and self._mask_band is not None:
+        if not masked:
+            valid[sl] = True
+            return data, valid
+        if self._mask_band is not None:
             # The mask follows from the pixels just read: no second read (and decode) of the window.
             m = _nodata_mask(block, self.ds.nodata, self._mask_band)
-            valid[sl] = m
-            if not m.all():
-                data[(slice(None), *sl)][:, ~m] = fill
-        elif masked:
+        else:
             with warnings.catch_warnings():
                 # A 4-band uint8 raster with a nodata value (NAIP RGBN) makes GDAL call band 4 "alpha"; nodata
                 # decides the mask, which is what we want, so rasterio's warning about it is noise.
                 warnings.simplefilter("ignore", NodataShadowWarning)
                 m = src.dataset_mask(window=inner) > 0
-            valid[sl] = m
-            if not m.all():
-                data[(slice(None), *sl)][:, ~m] = fill
-        else:
-            valid[sl] = True
+        valid[sl] = m
+        if not m.all():
+            data[(slice(None), *sl)][:, ~m] = fill
         return data, valid
 
 

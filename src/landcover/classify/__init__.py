@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from ..errors import LandcoverError
 from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, target_grid
 from .blend import ClassDecoder
-from .blocks import Job, done_path, run_block
+from .blocks import Job, done_path, normalize_tile, run_block
 from .engine import (
     BACKENDS,
     cache_lock,
@@ -35,7 +35,7 @@ from .engine import (
     weights_hash,
 )
 from .plan import TilePlan
-from .writer import assemble_seam, finish, open_work, read_manifest, work_dir
+from .writer import finish, open_work, read_manifest, work_dir
 
 __all__ = ["classify_pixels"]
 
@@ -151,11 +151,7 @@ def classify_pixels(
         t_blocks = time.perf_counter()
         _run_blocks(job, plan, client, progress, pkg)
     t_assembly = time.perf_counter()
-    with rasterio.Env(**GDAL_ENV):
-        for piece in plan.pieces():
-            if not plan.is_interior(piece):
-                assemble_seam(job, plan, piece, decoder, pkg.num_classes)
-        finish(job, plan, list(pkg.classes), output, prob_path)
+    finish(job, plan, decoder, list(pkg.classes), output, prob_path)
     t_end = time.perf_counter()
     seconds = t_end - t_start
     mp = grid.width * grid.height / 1e6
@@ -272,10 +268,8 @@ def _calibration(pkg, ds, grid, plan, target_px: float = 2.0e6):
         return None, None
     tiles.sort(key=lambda t: -t[0])
     tiles = tiles[:count]
-    x = np.stack([pkg.normalize(d) for _, d, _ in tiles]).astype(np.float32)
-    valid = np.stack([v for _, _, v in tiles])
-    x[np.broadcast_to(~valid[:, None], x.shape)] = 0.0
-    return x, valid
+    x = np.stack([normalize_tile(pkg, d, v) for _, d, v in tiles])
+    return x, np.stack([v for _, _, v in tiles])
 
 
 def _block_size_for(plan: TilePlan, client) -> int:

@@ -78,12 +78,14 @@ class Context:
     engine: object
     reader: GridReader
 
-    def normalize(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        x = self.pkg.normalize(data)
-        # Nodata pixels get the band mean, i.e. 0 after normalization (they are written as nodata anyway).
-        if not valid.all():
-            x[:, ~valid] = 0.0
-        return x
+
+def normalize_tile(pkg, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The tile (bands, h, w) normalized as in training, float32; nodata pixels get the band mean, i.e. 0
+    (they are written as nodata anyway)."""
+    x = pkg.normalize(data)
+    if not valid.all():
+        x[:, ~valid] = 0.0
+    return x
 
 
 _CONTEXTS: dict[Job, Context] = {}
@@ -262,7 +264,7 @@ class _BlockRun:
                     return
                 row, col, h, w = self.plan.tile_window(r, c)
                 data, valid = self.ctx.reader.read(Window(col, row, w, h))
-                x = self.ctx.normalize(data, valid) if valid.any() else None
+                x = normalize_tile(self.ctx.pkg, data, valid) if valid.any() else None
                 out.put((r, c, x, valid))
             out.put(None)
         except BaseException as exc:  # handed to the compute thread, which re-raises it

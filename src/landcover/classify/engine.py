@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -428,8 +427,12 @@ def prepare_artifact(backend: str, pkg, decoder: ClassDecoder, model_hash: str,
 
 
 def cache_lock(model_hash: str):
-    """A lock on the model's cache folder, so concurrent runs do not build the same files at once."""
-    return _FileLock(cache_dir() / model_hash[:16] / ".lock")
+    """A lock on the model's cache folder, so concurrent runs (and threads) do not build the same files at once."""
+    from filelock import FileLock
+
+    folder = cache_dir() / model_hash[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / ".lock"))
 
 
 def cuda_available() -> bool:
@@ -453,31 +456,6 @@ def _device_signature(threads: int | None) -> str:
     except OSError:
         pass
     return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}|ort {onnxruntime.__version__}"
-
-
-class _FileLock:
-    """A lock file so that concurrent runs do not export/quantize into the cache at the same time."""
-
-    _local = threading.Lock()
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        import fcntl
-
-        self._local.acquire()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "w")  # noqa: SIM115 - closed in __exit__
-        fcntl.flock(self.fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-        self._local.release()
 
 
 def choose_backend(pkg, decoder: ClassDecoder, calibration: np.ndarray, valid: np.ndarray, *, model_hash: str,

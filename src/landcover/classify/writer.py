@@ -73,8 +73,9 @@ def _short(value) -> str:
 
 # --- seams ----------------------------------------------------------------------------------------------------
 
-def assemble_seam(job: Job, plan: TilePlan, piece: tuple[int, int], decoder: ClassDecoder, nclasses: int) -> None:
+def assemble_seam(job: Job, plan: TilePlan, piece: tuple[int, int], decoder: ClassDecoder) -> None:
     """Sum the blocks' contributions to a seam piece in canonical tile order and write its files."""
+    nclasses = len(decoder.lut)  # model outputs, background included
     work = Path(job.work)
     out = work / f"s{piece[0]}_{piece[1]}.tif"
     if out.exists() and (not job.probabilities or out.with_suffix(".prob.tif").exists()):
@@ -172,7 +173,7 @@ def probabilities_vrt(grid: Grid, files, classes) -> str:
 COG_BLOCK = 512
 
 
-def overview_factors(width: int, height: int, block: int = COG_BLOCK) -> list[int]:
+def _overview_factors(width: int, height: int, block: int = COG_BLOCK) -> list[int]:
     """Overview decimation factors 2, 4, ... while the previous level is larger than one block."""
     factors, f = [], 2
     while -(-max(width, height) // (f // 2)) > block:
@@ -193,7 +194,7 @@ def _copy_cog(vrt_path: Path, dst: Path, output: Path, resampling: str) -> None:
     try:
         with rasterio.open(vrt_path) as src:
             raw = src.width * src.height * (src.count + 1) * 1.4  # bands, mask, overviews
-            factors = overview_factors(src.width, src.height)
+            factors = _overview_factors(src.width, src.height)
         roomy = shutil.disk_usage(vrt_path.parent).free > 2 * raw + 2**30
         fast = {"COMPRESS": "NONE"} if roomy else {"COMPRESS": "DEFLATE", "ZLEVEL": 1}
         rasterio.shutil.copy(str(vrt_path), str(mosaic), driver="GTiff", TILED=True, BLOCKXSIZE=COG_BLOCK,
@@ -211,13 +212,19 @@ def _copy_cog(vrt_path: Path, dst: Path, output: Path, resampling: str) -> None:
         mosaic.unlink(missing_ok=True)
 
 
-def finish(job: Job, plan: TilePlan, classes, output: Path, probabilities: Path | None) -> None:
-    """VRT → COG for the classes (and probabilities), the class table sidecars, then drop the work folder.
+def finish(job: Job, plan: TilePlan, decoder: ClassDecoder, classes, output: Path,
+           probabilities: Path | None) -> None:
+    """The seam pieces, then VRT → COG for the classes (and probabilities), the class table sidecars, then
+    drop the work folder.
 
     Both COGs are written under temporary names and renamed together at the end.
     """
     work = Path(job.work)
     grid = job.grid
+    with rasterio.Env(**GDAL_ENV):
+        for piece in plan.pieces():
+            if not plan.is_interior(piece):
+                assemble_seam(job, plan, piece, decoder)
     files = piece_files(job, plan)
     pfiles = piece_files(job, plan, ".prob.tif") if probabilities is not None else None
     (work / "classes.vrt").write_text(classes_vrt(grid, files, classes))
