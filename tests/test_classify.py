@@ -189,6 +189,53 @@ def test_block_cut_does_not_change_pixels(model_dir, raster, tmp_path):
     assert sums.min() >= 250 and sums.max() <= 260
 
 
+def test_pieces_are_raw_only_when_the_disk_has_room(model_dir, raster, tmp_path, monkeypatch):
+    """Class pieces skip deflate when the disk has room; on a full disk they are compressed. Same pixels."""
+    import shutil
+
+    from landcover.classify import writer as writer_mod
+
+    path, _ = raster
+    seen: list[str] = []
+    original = blocks_mod.profile_for
+
+    def recording(*args, **kwargs):
+        profile = original(*args, **kwargs)
+        if args[2] == 1:  # class pieces (the probabilities' are always deflated)
+            seen.append(profile["compress"])
+        return profile
+
+    monkeypatch.setattr(writer_mod, "profile_for", recording)
+    monkeypatch.setattr(blocks_mod, "profile_for", recording)
+    roomy = read(classify_pixels(path, model_dir, tmp_path / "roomy.tif", padding=8, block_size=60,
+                                 progress=False))
+    assert seen and set(seen) == {"none"}
+    seen.clear()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**29))
+    full = read(classify_pixels(path, model_dir, tmp_path / "full.tif", padding=8, block_size=60, progress=False))
+    assert seen and set(seen) == {"deflate"}
+    assert np.array_equal(roomy, full)
+
+
+def test_model_file_hash_is_remembered_and_renewed(tmp_path):
+    import hashlib
+    import os
+
+    from landcover.classify.engine import file_sha256
+
+    f = tmp_path / "model.pt2"
+    f.write_bytes(b"first")
+    assert file_sha256(f) == hashlib.sha256(b"first").hexdigest()
+    memo = tmp_path / "model.pt2.sha256"
+    assert json.loads(memo.read_text())["sha256"] == hashlib.sha256(b"first").hexdigest()
+    (tmp_path / "new").write_bytes(b"second, longer")
+    os.replace(tmp_path / "new", f)  # how the cache replaces its files
+    assert file_sha256(f) == hashlib.sha256(b"second, longer").hexdigest()
+    memo.write_text("not json")
+    assert file_sha256(f) == hashlib.sha256(b"second, longer").hexdigest()
+
+
 def test_overviews_are_gdal_mode_and_masked(model_dir, tmp_path):
     """Rasters larger than a COG block get overviews: the classes' are GDAL's MODE of the full resolution
     (nodata excluded), the probabilities' keep the nodata mask."""

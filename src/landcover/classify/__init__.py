@@ -9,7 +9,6 @@ is assembled into a cloud-optimized GeoTIFF with its class table (:mod:`.writer`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import sys
@@ -31,6 +30,7 @@ from .engine import (
     cached_decision,
     choose_backend,
     cuda_available,
+    file_sha256,
     prepare_artifact,
     weights_hash,
 )
@@ -180,6 +180,7 @@ def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, 
         tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
         tta=bool(tta), predict_background=bool(predict_background),
         probabilities=prob_path is not None, work=str(work), threads=1 if workers else None,
+        raw_classes=shutil.disk_usage(work).free > 3 * grid.width * grid.height + 2**30,
     )
     return job
 
@@ -245,7 +246,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
             artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
         choice = {"backend": backend, "artifact": artifact}
     if choice.get("artifact"):
-        choice["artifact_sha"] = hashlib.sha256(Path(choice["artifact"]).read_bytes()).hexdigest()
+        choice["artifact_sha"] = file_sha256(choice["artifact"])
     return choice
 
 

@@ -58,6 +58,9 @@ class Job:
     probabilities: bool
     work: str
     threads: int | None = None
+    #: class pieces uncompressed (the disk has room): deflating and inflating them again costs ~0.5 s of CPU
+    #: per 100 MP, which on a small machine is taken from the model
+    raw_classes: bool = False
 
     @property
     def grid(self) -> Grid:
@@ -161,13 +164,15 @@ def seam_file(work: str | Path, block: tuple[int, int], piece: tuple[int, int], 
     return Path(work) / f"{block_name(block)}.seams" / f"p{piece[0]}_{piece[1]}_t{tile_id}.npz"
 
 
-def profile_for(grid: Grid, rect: tuple[int, int, int, int], count: int, nodata) -> dict:
+def profile_for(grid: Grid, rect: tuple[int, int, int, int], count: int, nodata, raw: bool = False) -> dict:
+    """The GeoTIFF profile of a piece in the work folder: tiled, and light deflate unless ``raw``."""
     row, col, h, w = rect
     win = Window(col, row, w, h)
-    # Intermediate files: light compression (they are read once, by the COG writer).
+    # Intermediate files: light compression at most (they are read once, by the COG writer).
+    packing = {"compress": "none"} if raw else {"compress": "deflate", "predictor": 1, "zlevel": 1}
     return grid.profile(transform=grid.window_transform(win), width=w, height=h, count=count, dtype="uint8",
                         nodata=nodata, blockxsize=512 if w > 512 else 256, blockysize=512 if h > 512 else 256,
-                        tiled=w >= 256 and h >= 256, compress="deflate", predictor=1, zlevel=1)
+                        tiled=w >= 256 and h >= 256, **packing)
 
 
 # --- the block task ------------------------------------------------------------------------------------------
@@ -372,7 +377,7 @@ class _PieceWriter:
         grid = job.grid
         self.paths = {"classes": run.work / f"{run.name}.tif"}
         self.tmp = {"classes": run.work / f"{run.name}.partial.tif"}
-        self.ds = {"classes": rasterio.open(self.tmp["classes"], "w", **profile_for(grid, self.rect, 1, 0))}
+        self.ds = {"classes": rasterio.open(self.tmp["classes"], "w", **profile_for(grid, self.rect, 1, 0, job.raw_classes))}
         if job.probabilities:
             self.paths["prob"] = run.work / f"{run.name}.prob.tif"
             self.tmp["prob"] = run.work / f"{run.name}.prob.partial.tif"

@@ -107,7 +107,7 @@ def assemble_seam(job: Job, plan: TilePlan, piece: tuple[int, int], decoder: Cla
             ds.write_mask(np.where(valid, np.uint8(255), np.uint8(0)))
         os.replace(tmp, out.with_suffix(".prob.tif"))
     tmp = work / f".s{piece[0]}_{piece[1]}.partial.tif"
-    with rasterio.open(tmp, "w", **profile_for(grid, rect, 1, 0)) as ds:
+    with rasterio.open(tmp, "w", **profile_for(grid, rect, 1, 0, job.raw_classes)) as ds:
         ds.write(values, 1)
     os.replace(tmp, out)
 
