@@ -334,6 +334,31 @@ def test_resume_after_a_crash_gives_identical_pixels(model_dir, raster, tmp_path
     assert not (tmp_path / "run.tif.blocks").exists()
 
 
+def test_resume_after_a_crash_in_the_cog_write(model_dir, raster, tmp_path, monkeypatch):
+    """Killed while writing the COG, after the seams were assembled and their contributions removed."""
+    from landcover.classify import writer as writer_mod
+
+    path, _ = raster
+    kw = dict(padding=8, block_size=60, progress=False)
+    reference = read(classify_pixels(path, model_dir, tmp_path / "ref.tif", **kw))
+    out = tmp_path / "run.tif"
+    work = tmp_path / "run.tif.blocks"
+    real_copy = writer_mod._copy_cog
+
+    def crashing(*args):
+        assert list(work.glob("s*.tif")) and not list(work.glob("*.seams"))
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(writer_mod, "_copy_cog", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        classify_pixels(path, model_dir, out, **kw)
+    monkeypatch.setattr(writer_mod, "_copy_cog", real_copy)
+    monkeypatch.setattr(blocks_mod._BlockRun, "run", lambda self: pytest.fail("a finished block ran again"))
+    classify_pixels(path, model_dir, out, resume=True, **kw)
+    assert np.array_equal(read(out), reference)
+    assert not work.exists()
+
+
 def test_backend_choice_agrees_and_is_cached(model_dir, raster, monkeypatch):
     pkg = load_package(model_dir)
     decoder = ClassDecoder.build(pkg.index_to_value, True)

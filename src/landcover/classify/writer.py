@@ -225,6 +225,10 @@ def finish(job: Job, plan: TilePlan, decoder: ClassDecoder, classes, output: Pat
         for piece in plan.pieces():
             if not plan.is_interior(piece):
                 assemble_seam(job, plan, piece, decoder)
+    # The seams' float32 contributions (~C/4 bytes per output pixel) are the bulk of the work folder; every seam
+    # piece is written now, so a resumed run no longer needs them, and the mosaic below gets their room.
+    for seams in work.glob("*.seams"):
+        shutil.rmtree(seams, ignore_errors=True)
     files = piece_files(job, plan)
     pfiles = piece_files(job, plan, ".prob.tif") if probabilities is not None else None
     (work / "classes.vrt").write_text(classes_vrt(grid, files, classes))
