@@ -160,10 +160,6 @@ def done_path(work: str | Path, block: tuple[int, int]) -> Path:
     return Path(work) / f"{block_name(block)}.done"
 
 
-def seam_file(work: str | Path, block: tuple[int, int], piece: tuple[int, int], tile_id: int) -> Path:
-    return Path(work) / f"{block_name(block)}.seams" / f"p{piece[0]}_{piece[1]}_t{tile_id}.npz"
-
-
 def profile_for(grid: Grid, rect: tuple[int, int, int, int], count: int, nodata, raw: bool = False) -> dict:
     """The GeoTIFF profile of a piece in the work folder: tiled, and light deflate unless ``raw``."""
     row, col, h, w = rect
@@ -377,7 +373,8 @@ class _PieceWriter:
         grid = job.grid
         self.paths = {"classes": run.work / f"{run.name}.tif"}
         self.tmp = {"classes": run.work / f"{run.name}.partial.tif"}
-        self.ds = {"classes": rasterio.open(self.tmp["classes"], "w", **profile_for(grid, self.rect, 1, 0, job.raw_classes))}
+        classes = profile_for(grid, self.rect, 1, 0, job.raw_classes)
+        self.ds = {"classes": rasterio.open(self.tmp["classes"], "w", **classes)}
         if job.probabilities:
             self.paths["prob"] = run.work / f"{run.name}.prob.tif"
             self.tmp["prob"] = run.work / f"{run.name}.prob.partial.tif"

@@ -208,15 +208,12 @@ class CompiledEngine(Engine):
         return y.numpy(), c.numpy()
 
 
-def compile_aoti(model, decoder: ClassDecoder, folder: Path) -> Path:
-    """Compile the bf16 model with AOTInductor for tiles of 32..8192 pixels (multiples of 32) into
-    ``folder`` (cached; ~20 s the first time)."""
+def compile_aoti(model, decoder: ClassDecoder, path: Path) -> Path:
+    """Compile the bf16 model with AOTInductor for tiles of 32..8192 pixels (multiples of 32) into ``path``
+    (~20 s; :func:`prepare_artifact` keeps it in the cache)."""
     import torch
     from torch.export import Dim
 
-    path = compiled_path(decoder, folder)
-    if path.is_file():
-        return path
     folded = _folded(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
     for p in folded.parameters():
         p.requires_grad_(False)
@@ -225,7 +222,7 @@ def compile_aoti(model, decoder: ClassDecoder, folder: Path) -> Path:
     w = torch.ones(1, 1, 256, 256)
     h32, w32 = Dim("h32", min=1, max=256), Dim("w32", min=1, max=256)
     dynamic = {"x": {2: 32 * h32, 3: 32 * w32}, "w": {2: 32 * h32, 3: 32 * w32}}
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp, torch.no_grad():
         exported = torch.export.export(module, (x, w), dynamic_shapes=dynamic)
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
@@ -445,7 +442,7 @@ def prepare_artifact(backend: str, pkg, decoder: ClassDecoder, model_hash: str,
 
     if backend == "bf16-compiled":
         path = compiled_path(decoder, folder)
-        return str(path if path.is_file() else compile_aoti(built(), decoder, folder))
+        return str(path if path.is_file() else compile_aoti(built(), decoder, path))
     onnx_fp32 = folder / f"model-{decoder.key}.onnx"
     if not onnx_fp32.is_file():
         export_onnx(built(), decoder, onnx_fp32)
