@@ -218,24 +218,6 @@ def test_pieces_are_raw_only_when_the_disk_has_room(model_dir, raster, tmp_path,
     assert np.array_equal(roomy, full)
 
 
-def test_model_file_hash_is_remembered_and_renewed(tmp_path):
-    import hashlib
-    import os
-
-    from landcover.classify.engine import file_sha256
-
-    f = tmp_path / "model.pt2"
-    f.write_bytes(b"first")
-    assert file_sha256(f) == hashlib.sha256(b"first").hexdigest()
-    memo = tmp_path / "model.pt2.sha256"
-    assert json.loads(memo.read_text())["sha256"] == hashlib.sha256(b"first").hexdigest()
-    (tmp_path / "new").write_bytes(b"second, longer")
-    os.replace(tmp_path / "new", f)  # how the cache replaces its files
-    assert file_sha256(f) == hashlib.sha256(b"second, longer").hexdigest()
-    memo.write_text("not json")
-    assert file_sha256(f) == hashlib.sha256(b"second, longer").hexdigest()
-
-
 def test_overviews_are_gdal_mode_and_masked(model_dir, tmp_path):
     """Rasters larger than a COG block get overviews: the classes' are GDAL's MODE of the full resolution
     (nodata excluded), the probabilities' keep the nodata mask."""

@@ -30,12 +30,11 @@ from .engine import (
     cached_decision,
     choose_backend,
     cuda_available,
-    file_sha256,
     prepare_artifact,
     weights_hash,
 )
 from .plan import TilePlan
-from .writer import finish, open_work, read_manifest, work_dir
+from .writer import finish, has_room, open_work, read_manifest, work_dir
 
 __all__ = ["classify_pixels"]
 
@@ -143,7 +142,7 @@ def classify_pixels(
                      "height": grid.height},
             "tile": tile, "padding": pad, "block_size": int(block_size), "tta": bool(test_time_augmentation),
             "predict_background": bool(predict_background), "probabilities": prob_path is not None,
-            "backend": choice["backend"], "artifact_sha": choice.get("artifact_sha"),
+            "backend": choice["backend"], "engine": choice.get("engine"),
         }
         open_work(work, manifest, resume, overwrite)
         job = _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size,
@@ -167,8 +166,7 @@ def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, 
            predict_background, prob_path, workers) -> Job:
     """The run's job description, with the run's own copy of the exported model (if any)."""
     # The run keeps its own copy of an exported model, so a resumed run (or a remote worker) uses the same one.
-    suffix = ".pt2" if choice["backend"] == "bf16-compiled" else ".onnx"
-    artifact = work / f"engine{suffix}" if choice.get("artifact_sha") else None
+    artifact = work / choice["engine"] if choice.get("engine") else None
     if artifact is not None and not artifact.exists():
         if not choice.get("artifact"):
             raise LandcoverError(f"{artifact}: missing from the unfinished run; remove {work} to start again")
@@ -180,7 +178,7 @@ def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, 
         tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
         tta=bool(tta), predict_background=bool(predict_background),
         probabilities=prob_path is not None, work=str(work), threads=1 if workers else None,
-        raw_classes=shutil.disk_usage(work).free > 3 * grid.width * grid.height + 2**30,
+        raw_classes=has_room(work, 3 * grid.width * grid.height),
     )
     return job
 
@@ -216,7 +214,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
     """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
     if previous is not None and backend in ("auto", previous.get("backend")):
         # Resuming: the run's own backend (and its copy of the exported model in the work folder).
-        return {"backend": previous.get("backend", "fp32"), "artifact_sha": previous.get("artifact_sha")}
+        return {"backend": previous.get("backend", "fp32"), "engine": previous.get("engine")}
     if backend == "auto" and cuda_available():
         backend = "cuda"
     tile_px = plan.rows.tile * plan.cols.tile
@@ -245,8 +243,8 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         with cache_lock(model_hash):
             artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
         choice = {"backend": backend, "artifact": artifact}
-    if choice.get("artifact"):
-        choice["artifact_sha"] = file_sha256(choice["artifact"])
+    if choice.get("artifact"):  # the name of the run's own copy in its work folder
+        choice["engine"] = "engine.pt2" if choice["backend"] == "bf16-compiled" else "engine.onnx"
     return choice
 
 

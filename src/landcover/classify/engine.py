@@ -16,7 +16,6 @@ per model (weights hash) under :func:`cache_dir`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -233,28 +232,6 @@ def compile_aoti(model, decoder: ClassDecoder, path: Path) -> Path:
 def compiled_path(decoder: ClassDecoder, folder: Path) -> Path:
     """Where :func:`compile_aoti` keeps the compiled model of this decoding, torch version and CPU."""
     return folder / f"model-{decoder.key}-bf16-{_torch_tag()}.pt2"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a cached model file, remembered beside it (``<file>.sha256``, keyed by size and mtime):
-    hashing a ~50 MB compiled model costs ~0.2 s per run otherwise. Cache files are only ever replaced by
-    rename, which changes their mtime, so a stale entry is never matched."""
-    path = Path(path)
-    st = path.stat()
-    key = [st.st_size, st.st_mtime_ns]
-    memo = path.with_name(path.name + ".sha256")
-    try:
-        saved = json.loads(memo.read_text())
-        if saved.get("key") == key:
-            return str(saved["sha256"])
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    with contextlib.suppress(OSError):  # a read-only cache still works, only slower
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps({"key": key, "sha256": digest}))
-        os.replace(tmp, memo)
-    return digest
 
 
 def _torch_tag() -> str:

@@ -59,6 +59,12 @@ def open_work(work: Path, manifest: dict, resume: bool, overwrite: bool) -> None
         tmp.write_text(json.dumps(manifest, indent=1))
 
 
+def has_room(folder: Path, nbytes: float) -> bool:
+    """Whether ``folder``'s disk has ``nbytes`` free and 1 GiB to spare: then intermediate files are written
+    uncompressed (faster), else with fast deflate."""
+    return shutil.disk_usage(folder).free > nbytes + 2**30
+
+
 def read_manifest(work: Path) -> dict | None:
     try:
         return json.loads((work / MANIFEST).read_text())
@@ -195,8 +201,7 @@ def _copy_cog(vrt_path: Path, dst: Path, output: Path, resampling: str) -> None:
         with rasterio.open(vrt_path) as src:
             raw = src.width * src.height * (src.count + 1) * 1.4  # bands, mask, overviews
             factors = _overview_factors(src.width, src.height)
-        roomy = shutil.disk_usage(vrt_path.parent).free > 2 * raw + 2**30
-        fast = {"COMPRESS": "NONE"} if roomy else {"COMPRESS": "DEFLATE", "ZLEVEL": 1}
+        fast = {"COMPRESS": "NONE"} if has_room(vrt_path.parent, 2 * raw) else {"COMPRESS": "DEFLATE", "ZLEVEL": 1}
         rasterio.shutil.copy(str(vrt_path), str(mosaic), driver="GTiff", TILED=True, BLOCKXSIZE=COG_BLOCK,
                              BLOCKYSIZE=COG_BLOCK, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS", **fast)
         if factors:
