@@ -16,7 +16,14 @@ from landcover.classes import ClassInfo, read_class_table
 from landcover.classify import blocks as blocks_mod
 from landcover.classify import classify_pixels
 from landcover.classify.blend import ClassDecoder
-from landcover.classify.engine import Engine, TTAEngine, cached_decision, choose_backend, weights_hash
+from landcover.classify.engine import (
+    Engine,
+    TTAEngine,
+    _first_argmax,
+    cached_decision,
+    choose_backend,
+    weights_hash,
+)
 from landcover.classify.plan import TilePlan
 from landcover.errors import LandcoverError
 from landcover.model import UNet
@@ -362,6 +369,16 @@ def test_backend_choice_agrees_and_is_cached(model_dir, raster, monkeypatch):
                              tile=[64, 64])
     assert cached == decision
     assert cached_decision(decoder, model_hash=weights_hash(pkg), candidates=("fp32",), tile=[64, 64]) is None
+
+
+def test_unrolled_argmax_is_argmax():
+    # Integer scores make ties common (the first index must win); -inf columns are excluded classes.
+    scores = torch.randint(-3, 4, (2, 9, 17, 23)).float()
+    scores[:, 0] = float("-inf")
+    scores[:, 5] = float("-inf")
+    got = _first_argmax(scores)
+    assert torch.equal(got, torch.argmax(scores, dim=1))
+    assert np.array_equal(got.numpy(), scores.numpy().argmax(axis=1))  # as the blended pixels decode
 
 
 @pytest.mark.parametrize("backend", ["bf16", "onnx", pytest.param("bf16-compiled", marks=pytest.mark.slow)])

@@ -142,6 +142,8 @@ def _keep_large_allocations() -> None:
 
 def _worker_threads() -> int | None:
     """Threads of the Dask worker we run in (one per worker process by default), else None."""
+    if "distributed" not in sys.modules:  # not in a Dask worker; importing distributed would cost ~0.3 s
+        return None
     try:
         from distributed import get_worker
 

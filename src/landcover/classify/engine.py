@@ -37,6 +37,9 @@ CPU_BACKENDS = ("fp32", "bf16", "bf16-compiled", "onnx", "int8")
 #: backends that run from a prepared file (exported or compiled model)
 ARTIFACT_BACKENDS = ("onnx", "int8", "bf16-compiled")
 BACKENDS = ("auto", *CPU_BACKENDS, "cuda")
+#: changes when a compiled graph does (2: unrolled argmax): cached compiled models and backend decisions made
+#: with an older graph are then rebuilt instead of reused
+GRAPH_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -132,8 +135,11 @@ def _folded(model):
         return core
 
 
-def _decode_head(core, decoder: ClassDecoder, in_dtype=None):
-    """Wrap ``core``: (x, w) -> (logits * w as float32, class values) with the argmax inside the graph."""
+def _decode_head(core, decoder: ClassDecoder, in_dtype=None, unrolled_argmax: bool = False):
+    """Wrap ``core``: (x, w) -> (logits * w as float32, class values) with the argmax inside the graph.
+
+    ``unrolled_argmax``: the argmax as one compare-and-select per class (for a compiler, which fuses them into
+    one pass vectorized across pixels) instead of ``torch.argmax``."""
     import torch
 
     class Decode(torch.nn.Module):
@@ -147,10 +153,29 @@ def _decode_head(core, decoder: ClassDecoder, in_dtype=None):
             if in_dtype is not None:
                 x = x.to(in_dtype)
             logits = self.core(x).float()
-            idx = torch.argmax(logits + self.bias, dim=1)
+            scores = logits + self.bias
+            idx = _first_argmax(scores) if unrolled_argmax else torch.argmax(scores, dim=1)
             return (logits * w).contiguous(), self.lut[idx]
 
     return Decode().eval()
+
+
+def _first_argmax(scores):
+    """``torch.argmax(scores, dim=1)`` (the first index of the maximum) as a chain of compare-and-select.
+
+    Compiled, torch.argmax over channels-last logits reduces each pixel's few contiguous class scores with
+    masked vector instructions: ~15 ms of a 130 ms forward on a 960² tile. The unrolled chain becomes one
+    elementwise pass vectorized across pixels (measured: 131 -> 116 ms), with bit-identical classes. Strict
+    ``>`` keeps the first index on ties, as argmax (and numpy's, used where tiles are blended) does."""
+    import torch
+
+    best = scores[:, 0]
+    idx = torch.zeros_like(best, dtype=torch.int64)
+    for c in range(1, scores.shape[1]):
+        higher = scores[:, c] > best
+        best = torch.where(higher, scores[:, c], best)
+        idx = torch.where(higher, torch.full_like(idx, c), idx)
+    return idx
 
 
 class TorchEngine(Engine):
@@ -216,7 +241,7 @@ def compile_aoti(model, decoder: ClassDecoder, path: Path) -> Path:
     folded = _folded(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
     for p in folded.parameters():
         p.requires_grad_(False)
-    module = _decode_head(folded, decoder, in_dtype=torch.bfloat16)
+    module = _decode_head(folded, decoder, in_dtype=torch.bfloat16, unrolled_argmax=True)
     x = torch.zeros(1, model.in_channels, 256, 256).contiguous(memory_format=torch.channels_last)
     w = torch.ones(1, 1, 256, 256)
     h32, w32 = Dim("h32", min=1, max=256), Dim("w32", min=1, max=256)
@@ -237,7 +262,8 @@ def compiled_path(decoder: ClassDecoder, folder: Path) -> Path:
 def _torch_tag() -> str:
     import torch
 
-    return hashlib.sha256(f"{torch.__version__}|{_device_signature(None)}".encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{torch.__version__}|{_device_signature(None)}|graph {GRAPH_VERSION}".encode()
+                          ).hexdigest()[:8]
 
 
 class OnnxEngine(Engine):
@@ -505,7 +531,8 @@ def _decisions_path(model_hash: str) -> Path:
 
 def _decision_key(decoder: ClassDecoder, candidates, threads, tile) -> str:
     return hashlib.sha256(
-        json.dumps([tile, decoder.key, list(candidates), _device_signature(threads)]).encode()).hexdigest()[:16]
+        json.dumps([tile, decoder.key, list(candidates), _device_signature(threads), GRAPH_VERSION]).encode()
+    ).hexdigest()[:16]
 
 
 def _usable(decision: dict | None) -> dict | None:
