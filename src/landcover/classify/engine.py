@@ -256,10 +256,11 @@ def compile_aoti(model, decoder: ClassDecoder, path: Path) -> Path:
 
 def compiled_path(decoder: ClassDecoder, folder: Path) -> Path:
     """Where :func:`compile_aoti` keeps the compiled model of this decoding, torch version and CPU."""
-    return folder / f"model-{decoder.key}-bf16-{_torch_tag()}.pt2"
+    return folder / f"model-{decoder.key}-bf16-{_compiled_tag()}.pt2"
 
 
-def _torch_tag() -> str:
+def _compiled_tag() -> str:
+    """What a compiled model depends on besides its weights and decoding: torch, the CPU, the graph's version."""
     import torch
 
     return hashlib.sha256(f"{torch.__version__}|{_device_signature(None)}|graph {GRAPH_VERSION}".encode()
