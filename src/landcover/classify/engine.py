@@ -260,11 +260,9 @@ def compiled_path(decoder: ClassDecoder, folder: Path) -> Path:
 
 
 def _compiled_tag() -> str:
-    """What a compiled model depends on besides its weights and decoding: torch, the CPU, the graph's version."""
-    import torch
-
-    return hashlib.sha256(f"{torch.__version__}|{_device_signature(None)}|graph {GRAPH_VERSION}".encode()
-                          ).hexdigest()[:8]
+    """What a compiled model depends on besides its weights and decoding: the CPU and software (torch
+    included, see :func:`_device_signature`) and the graph's version."""
+    return hashlib.sha256(f"{_device_signature(None)}|graph {GRAPH_VERSION}".encode()).hexdigest()[:8]
 
 
 class OnnxEngine(Engine):
