@@ -283,6 +283,20 @@ def test_tta_and_extent_with_cell_size(model_dir, raster, tmp_path):
     assert (classes == truth).mean() > 0.75
 
 
+def test_background_is_not_predicted_when_no_class_has_value_0(model_dir, raster, tmp_path):
+    # The background (index 0) is never trained on; a model whose background score wins everywhere must still
+    # give classes, as arcgis.learn turns predict_background off when no class has value 0.
+    pkg = load_package(model_dir)
+    state = dict(pkg.state_dict)
+    state["head.bias"] = state["head.bias"].clone()
+    state["head.bias"][0] = 1e4
+    loud = save_package(ModelPackage(**{**vars(pkg), "state_dict": state}), tmp_path / "loud")
+    assert all(c.value != 0 for c in pkg.classes)
+    path, _ = raster
+    classes = read(classify_pixels(path, loud, tmp_path / "c.tif", padding=8, progress=False))
+    assert (classes[40:, 60:] > 0).all()
+
+
 def test_small_and_all_nodata_rasters(model_dir, tmp_path):
     img, _ = scene(np.random.default_rng(3), 40, 50)
     small = classify_pixels(write_raster(tmp_path / "small.tif", img, nodata=0), model_dir, tmp_path / "s.tif",
@@ -419,7 +433,23 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
     uint16 = write_raster(tmp_path / "u16.tif", np.ones((4, 20, 20), np.uint16))
     blocker = tmp_path / "afile"
     blocker.write_text("x")
+    img, _ = scene(np.random.default_rng(4), 90, 100)
+    no_crs = write_raster(tmp_path / "nocrs.tif", img, crs=None)
+    full = write_raster(tmp_path / "full.tif", img, tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+    truncated = tmp_path / "truncated.tif"  # its header opens, its pixels do not
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
+    copy = write_raster(tmp_path / "copy.tif", img)
+    before = copy.read_bytes()
+    folder = tmp_path / "afolder"
+    folder.mkdir()
     cases = [
+        (["--model", model_dir, "--imagery", no_crs, "--out", out], "no CRS"),
+        (["--model", model_dir, "--imagery", truncated, "--out", out, "--tile-size", 32], "truncated or corrupt"),
+        (["--model", model_dir, "--imagery", copy, "--out", copy, "--overwrite"], "would replace the imagery"),
+        (["--model", model_dir, "--imagery", path, "--out", folder, "--overwrite"], "is a folder"),
+        (["--model", model_dir, "--imagery", path, "--out", tmp_path / "out.png"], ".tif name"),
+        (["--model", model_dir, "--imagery", path, "--out", out, "--cell-size", "nan"], "--cell-size"),
+        (["--model", model_dir, "--imagery", path, "--out", out, "--tile-size", 0], "at least 16"),
         (["--model", tmp_path / "nope.emd", "--imagery", path, "--out", out], "model not found"),
         (["--model", bad_emd, "--imagery", path, "--out", out], "not valid JSON"),
         (["--model", model_dir, "--imagery", three, "--out", out], "band"),
@@ -428,11 +458,14 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
         (["--model", model_dir, "--imagery", path, "--out", blocker / "out.tif"], "not writable"),
         (["--model", model_dir, "--imagery", path, "--out", out, "--scheduler", "tcp://127.0.0.1:9"], "scheduler"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", model_dir, "--imagery", path, "--out", out, "--backend", "cuda"], "no CUDA GPU"))
     for args, message in cases:
         code, err = cli(capsys, *args)
         assert code == 2, (args, err)
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists() and not (tmp_path / "out.tif.blocks").exists()
+    assert copy.read_bytes() == before and list(folder.iterdir()) == []
     out.write_bytes(b"precious")
     code, err = cli(capsys, "--model", model_dir, "--imagery", path, "--out", out)
     assert code == 2 and "--overwrite" in err and out.read_bytes() == b"precious"
@@ -451,3 +484,29 @@ def test_cli_classifies(model_dir, raster, tmp_path, capsys):
     assert (classes[40:, 60:] == lab[40:, 60:]).mean() > 0.8
     with rasterio.open(out) as ds:
         assert json.loads(ds.tags(1)["LANDCOVER_CLASSES"])[0]["Name"] == "Water"
+
+
+def test_cli_system_errors_and_interrupts_are_one_line(raster, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import landcover.classify as classify_mod
+
+    path, _ = raster
+    for exc, code, words in [(OSError(errno.EACCES, "Permission denied", "/data/x.tif"), 1,
+                              "error: /data/x.tif: Permission denied"),
+                             (KeyboardInterrupt(), 130, "interrupted; rerun with --resume")]:
+        def fail(*_a, _exc=exc, **_k):
+            raise _exc
+
+        monkeypatch.setattr(classify_mod, "classify_pixels", fail)
+        got, err = cli(capsys, "--model", tmp_path / "m", "--imagery", path, "--out", tmp_path / "o.tif")
+        assert got == code and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_refusal_names_the_innermost_difference():
+    from landcover.classify.writer import _first_difference
+
+    grid = {"crs": "PROJCS[...long...]", "transform": [0.5, 0, 10], "width": 9}
+    assert _first_difference("grid", grid, {**grid, "transform": [0.1, 0, 10]}) == (
+        "grid.transform", [0.5, 0, 10], [0.1, 0, 10])
+    assert _first_difference("tile", 64, 96) == ("tile", 64, 96)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio.errors does not re-export them)
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NodataShadowWarning, RasterioIOError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -44,7 +45,10 @@ def open_raster(path: str | os.PathLike, what: str = "raster"):
     if not p.startswith(("/vsi", "<VRTDataset")) and not Path(p).exists():
         raise LandcoverError(f"{p}: {what} file not found")
     try:
-        return rasterio.open(p)
+        with warnings.catch_warnings():
+            # A raster without georeferencing: callers that need a CRS say so in one line of their own.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
     except RasterioIOError as exc:
         raise LandcoverError(f"{p}: not a readable {what} ({str(exc).splitlines()[0]})") from None
 
@@ -120,6 +124,8 @@ def target_grid(
     left, bottom, right, top = source.bounds
     if extent is not None:
         xmin, ymin, xmax, ymax = (float(v) for v in extent)
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+            raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: give four finite numbers")
         if xmin >= xmax or ymin >= ymax:
             raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: xmin must be < xmax and ymin < ymax")
         ecrs = parse_crs(extent_crs) or source.crs
@@ -138,8 +144,8 @@ def target_grid(
         win = Window(c0, r0, c1 - c0, r1 - r0)
         return Grid(source.crs, source.window_transform(win), int(win.width), int(win.height))
     csx, csy = (float(cell_size), float(cell_size)) if np.isscalar(cell_size) else map(float, cell_size)
-    if csx <= 0 or csy <= 0:
-        raise LandcoverError(f"--cell-size {cell_size}: must be > 0")
+    if not (math.isfinite(csx) and math.isfinite(csy) and csx > 0 and csy > 0):
+        raise LandcoverError(f"--cell-size {cell_size}: must be a number > 0, in the units of the raster's CRS")
     width, height = max(1, round((right - left) / csx)), max(1, round((top - bottom) / csy))
     return Grid(source.crs, Affine(csx, 0, left, 0, -csy, top), width, height)
 
@@ -188,6 +194,17 @@ class GridReader:
 
         Pixels outside the grid, or nodata in every band (GDAL's dataset mask), are invalid and set to ``fill``.
         """
+        try:
+            return self._read(window, fill, masked)
+        except (RasterioIOError, CPLE_BaseError) as exc:
+            # e.g. a truncated or corrupt file: its header opens, its pixels do not. GDAL's own words are in
+            # the cause ("IReadBlock failed at X offset 0, Y offset 12"); rasterio's say "see previous exception".
+            name = self.ds.name if not self.ds.name.lstrip().startswith("<") else "imagery"
+            why = str(exc.__cause__ or exc).splitlines()[0]
+            raise LandcoverError(f"{name}: cannot read its pixels ({why}); the file may be truncated or corrupt "
+                                 "(check it with gdalinfo -checksum)") from None
+
+    def _read(self, window: Window, fill: float, masked: bool):
         h, w = int(window.height), int(window.width)
         r0, c0 = int(window.row_off), int(window.col_off)
         rr0, cc0 = max(r0, 0), max(c0, 0)

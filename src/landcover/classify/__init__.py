@@ -9,6 +9,7 @@ is assembled into a cloud-optimized GeoTIFF with its class table (:mod:`.writer`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -77,7 +78,9 @@ def classify_pixels(
     ``tile_size`` (default: the package's) is the model input; ``padding`` (default a quarter of the tile)
     the context on each side, so tiles start every ``tile_size - 2 * padding`` pixels and their logits are
     blended across the overlap. ``test_time_augmentation`` averages the 8 flips/rotations;
-    ``predict_background=False`` never predicts the background class. ``extent`` (xmin, ymin, xmax, ymax in
+    ``predict_background=False`` never predicts the background class (index 0, value 0 = nodata); as in
+    arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
+    learns that class. ``extent`` (xmin, ymin, xmax, ymax in
     ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
     ``probabilities`` writes a second COG with one uint8 band per class (p * 255).
 
@@ -91,11 +94,20 @@ def classify_pixels(
     t_start = time.perf_counter()
     output = Path(output)
     prob_path = Path(probabilities) if probabilities is not None else None
+    paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
     for path, what in ((output, "output"), (prob_path, "probabilities output")):
-        if path is not None and path.exists() and not overwrite:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise LandcoverError(f"{path}: is a folder; give the {what} a file name, e.g. {path / 'classified.tif'}")
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise LandcoverError(f"{path}: the {what} is a GeoTIFF (COG); give it a .tif name")
+        if any(_same_file(path, p) for p in paths):
+            raise LandcoverError(f"{path}: the {what} would replace the imagery it is made from; choose another "
+                                 "name")
+        if path.exists() and not overwrite:
             raise LandcoverError(f"{path}: {what} exists; add --overwrite to replace it")
-        if path is not None:
-            check_writable_dir(path.parent)
+        check_writable_dir(path.parent)
     if prob_path is not None and prob_path.resolve() == output.resolve():
         raise LandcoverError(f"{prob_path}: the probabilities output must differ from the classes output")
     if backend not in BACKENDS:
@@ -110,11 +122,14 @@ def classify_pixels(
     from ..package import load_package
 
     pkg = load_package(model)
-    paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
+    # As in arcgis.learn: the background (index 0, never trained on) is predicted only where the model has a
+    # class of value 0 or a single class; otherwise it would fill the map with holes of nodata.
+    predict_background = bool(predict_background) and (
+        len(pkg.classes) == 1 or any(int(c.value) == 0 for c in pkg.classes))
     with rasterio.Env(**GDAL_ENV), open_imagery(paths) as ds:
         _check_imagery(ds, pkg, paths[0])
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
-        tile = int(tile_size or pkg.tile_size)
+        tile = int(pkg.tile_size if tile_size is None else tile_size)
         pad = tile // 4 if padding is None else int(padding)
         if tile < 16:
             raise LandcoverError(f"--tile-size {tile}: must be at least 16 pixels")
@@ -148,7 +163,17 @@ def classify_pixels(
         job = _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size,
                      test_time_augmentation, predict_background, prob_path, workers)
         t_blocks = time.perf_counter()
-        _run_blocks(job, plan, client, progress, pkg)
+        try:
+            _run_blocks(job, plan, client, progress, pkg)
+        except BaseException as exc:
+            # A run that failed (or was interrupted) before finishing any block leaves nothing to resume.
+            kept = any(done_path(work, b).exists() for b in plan.blocks)
+            if not kept:
+                shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise LandcoverError(f"{work.parent}: the disk is full; free some space"
+                                     f"{', then rerun with --resume' if kept else ''}") from None
+            raise
     t_assembly = time.perf_counter()
     finish(job, plan, decoder, list(pkg.classes), output, prob_path)
     t_end = time.perf_counter()
@@ -197,8 +222,17 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_imagery(ds, pkg, name: str) -> None:
-    """The raster must have the bands and the pixel type the model was trained on."""
+    """The raster must be georeferenced and have the bands and the pixel type the model was trained on."""
+    if ds.crs is None:
+        raise LandcoverError(f"{name}: imagery has no CRS; assign one (gdal_edit -a_srs EPSG:...)")
     need = max(pkg.extract_bands) + 1
     if ds.count < need:
         raise LandcoverError(
@@ -217,6 +251,9 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         return {"backend": previous.get("backend", "fp32"), "engine": previous.get("engine")}
     if backend == "auto" and cuda_available():
         backend = "cuda"
+    if backend == "cuda" and not cuda_available():
+        raise LandcoverError("--backend cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                             "use --backend auto, or install a CUDA build of torch")
     tile_px = plan.rows.tile * plan.cols.tile
     fp32_seconds = plan.tile_count * tile_px * (8 if tta else 1) / 1.0e6
     if backend == "auto" and fp32_seconds < SMALL_JOB_SECONDS:

@@ -50,9 +50,10 @@ def open_work(work: Path, manifest: dict, resume: bool, overwrite: bool) -> None
             raise LandcoverError(f"{work}: no readable {MANIFEST}; remove the folder to start again") from None
         for key in sorted(set(old) | set(manifest)):
             if old.get(key) != manifest.get(key):
+                key, was, now = _first_difference(key, old.get(key), manifest.get(key))
                 raise LandcoverError(
-                    f"{work}: cannot resume, the unfinished run used {key}={_short(old.get(key))}, this run "
-                    f"{_short(manifest.get(key))}; rerun with the same options or remove the folder")
+                    f"{work}: cannot resume, the unfinished run used {key}={_short(was)}, this run "
+                    f"{_short(now)}; rerun with the same options or remove the folder")
         return
     work.mkdir(parents=True)
     with atomic_output(work / MANIFEST) as tmp:
@@ -70,6 +71,14 @@ def read_manifest(work: Path) -> dict | None:
         return json.loads((work / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _first_difference(key: str, a, b) -> tuple[str, object, object]:
+    """The innermost differing entry of two manifest values, e.g. ``grid.transform`` rather than ``grid``."""
+    while isinstance(a, dict) and isinstance(b, dict):
+        sub = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        key, a, b = f"{key}.{sub}", a.get(sub), b.get(sub)
+    return key, a, b
 
 
 def _short(value) -> str:

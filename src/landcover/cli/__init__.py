@@ -2,12 +2,13 @@
 
 Each module in :data:`COMMANDS` defines ``register(subparsers)``, which adds its subcommand(s) and sets
 ``func(args) -> int`` on the parser. User errors (:class:`~landcover.errors.LandcoverError`) and bad usage
-print one line on stderr and exit with code 2.
+print one line on stderr and exit with code 2; errors of the system (disk full, permissions) one line and 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -15,6 +16,8 @@ from ..errors import LandcoverError
 
 #: Subcommand modules, in workflow order.
 COMMANDS = ("export", "train", "classify", "evaluate", "demo")
+#: commands whose interrupted run continues with --resume
+RESUMABLE = ("classify",)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     except LandcoverError as exc:
         print(f"landcover {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the disk is full, a file vanished, a permission: the system's words suffice
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = "; free some space" if exc.errno == errno.ENOSPC else ""
+        if hint and args.command == "classify":
+            hint += ", then rerun with --resume"
+        print(f"landcover {args.command}: error: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"landcover {args.command}: interrupted", file=sys.stderr)
+        resume = "; rerun with --resume to continue" if args.command in RESUMABLE else ""
+        print(f"landcover {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

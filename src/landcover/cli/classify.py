@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     p.add_argument("--no-predict-background", action="store_true",
-                   help="never predict the background (NoData) class")
+                   help="never predict the background (NoData) class (already off, as in arcgis.learn, "
+                   "for models with several classes and none of value 0)")
     p.add_argument("--tile-size", type=int, help="model input tile in pixels (default: the training chip size)")
     p.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                    help="classify only this extent (in --extent-crs, default the raster's CRS)")

@@ -172,8 +172,9 @@ class VectorLabels:
         else:
             field = next((lower[f] for f in CLASS_FIELDS if f in lower), None)
             if field is None:
-                log.warning("%s: no --class-field and no %s field; every feature is class 1", path,
-                            "/".join(CLASS_FIELDS))
+                log.warning("%s: no --class-field and no %s field; every feature is class 1%s", path,
+                            "/".join(CLASS_FIELDS),
+                            f" (fields: {', '.join(fields)}; choose one with --class-field)" if fields else "")
         name_field = next((lower[f] for f in NAME_FIELDS if f in lower and lower[f] != field), None)
         columns = [f for f in (field, name_field) if f]
 
