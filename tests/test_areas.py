@@ -110,3 +110,32 @@ def test_real_chesapeake_labels(shared_data):
     with rasterio.open(path) as ds:
         pixel_m2 = abs(ds.transform.a * ds.transform.e)
     assert sum(r.hectares for r in table.rows) == pytest.approx(260 * 260 * pixel_m2 / 1e4)
+
+
+def test_multiband_raster_is_refused_in_one_line(tmp_path, capsys):
+    """An RGB image is not a classified raster: refused (as evaluate and vectorize do), not 255 "classes"."""
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 8, 9)).astype(np.uint8)
+    path = write_raster(tmp_path / "rgb.tif", rgb)
+    with pytest.raises(LandcoverError, match="a classified raster has one band, this one has 3"):
+        class_areas(path)
+    assert main(["areas", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rgb.tif" in err and "one band" in err
+
+
+def test_float_raster_needs_integral_class_values(tmp_path):
+    ok = np.array([[1.0, 2.0, -9999.0], [2.0, 2.0, np.nan]], np.float32)
+    table = class_areas(write_raster(tmp_path / "ok.tif", ok, nodata=-9999.0))
+    assert [(r.value, r.pixels) for r in table.rows] == [(1, 1), (2, 3)]
+    bad = write_raster(tmp_path / "bad.tif", ok + np.float32(0.4), nodata=-9999.0)
+    with pytest.raises(LandcoverError, match="bad.tif: class value 1.4 is not an integer"):
+        class_areas(bad)
+
+
+def test_truncated_raster_is_one_line(tmp_path):
+    a = np.random.default_rng(1).integers(1, 5, (400, 400)).astype(np.uint8)
+    whole = write_raster(tmp_path / "whole.tif", a, nodata=0).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(LandcoverError, match="cut.tif: cannot read its pixels"):
+        class_areas(cut)

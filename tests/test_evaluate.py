@@ -4,6 +4,7 @@ grids, polygons in another CRS), the Olofsson et al. (2014) estimators and sampl
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def _numpy_metrics(pred, ref, pred_nodata=0, ref_nodata=255):
 
 def test_metrics_equal_independent_numpy(tmp_path, small_strips):
     p, r, pred, ref = _pair(tmp_path)
-    report = evaluate(p, r)
+    with pytest.warns(UserWarning, match="labelled reference pixels"):  # the map's no-data rows
+        report = evaluate(p, r)
     exp = _numpy_metrics(pred, ref)
     assert [c.value for c in report.classes] == exp["values"]
     assert [c.name for c in report.classes] == ["Water", "Forest", "Field", "Built"]
@@ -86,6 +88,8 @@ def test_metrics_equal_independent_numpy(tmp_path, small_strips):
         assert c["iou"] == pytest.approx(e["iou"])
     # prediction pixels with a class where the reference has none
     assert report.prediction_pixels_without_reference == int(((pred != 0) & (ref == 255)).sum())
+    # ... and labelled reference pixels where the map has none: counted, not in the matrix
+    assert report.reference_pixels_without_prediction == int(((pred == 0) & (ref != 255)).sum()) > 0
 
 
 def test_arcgis_help_example_matrix():
@@ -204,6 +208,7 @@ def test_bottom_k_sampler_keeps_a_random_subset_per_stratum():
     assert len(set(units["pixel"].tolist())) == 50
 
 
+@pytest.mark.filterwarnings("ignore:.*labelled reference pixels")
 def test_census_sample_reproduces_the_census(tmp_path, small_strips):
     """A 'sample' of every valid pixel must give the census: areas = reference areas, accuracies = census."""
     p, r, pred, ref = _pair(tmp_path, seed=5, shape=(40, 30))
@@ -222,6 +227,7 @@ def test_census_sample_reproduces_the_census(tmp_path, small_strips):
     np.testing.assert_array_equal(report.sample["counts"], exp["matrix"])
 
 
+@pytest.mark.filterwarnings("ignore:.*labelled reference pixels")
 def test_sample_units_are_on_their_strata_and_reproducible(tmp_path, small_strips):
     p, r, pred, ref = _pair(tmp_path, seed=7)
     a = evaluate(p, r, sample=120, strategy="equalized", seed=11)
@@ -302,3 +308,157 @@ def test_geographic_prediction_sample_areas_are_geodesic(tmp_path):
     geodesic = {row.value: row.hectares for row in class_areas(p).rows}
     assert [c["map_area"] for c in est] == pytest.approx([geodesic[1], geodesic[2]], rel=1e-9)
     assert sum(c["area"] for c in est) == pytest.approx(sum(geodesic.values()), rel=1e-9)
+
+
+def _holed_pair(tmp_path, pred_nodata=0, hole=(slice(0, 6), slice(None))):
+    """A perfect prediction with a hole of map no data (``pred_nodata``) over labelled reference pixels."""
+    ref = np.tile(np.repeat(np.arange(1, 5, dtype=np.uint8), 5), (20, 1))  # 20 x 20, classes 1..4
+    ref[:, 18:] = 0  # unlabelled reference pixels: never counted
+    pred = ref.copy()
+    pred[ref == 0] = 2
+    pred[hole] = pred_nodata
+    p = write_raster(tmp_path / "pred.tif", pred, nodata=pred_nodata)
+    r = write_raster(tmp_path / "ref.tif", ref, nodata=0)
+    return p, r, pred, ref
+
+
+def test_reference_pixels_without_prediction_are_counted_and_warned(tmp_path, small_strips, capsys):
+    p, r, pred, ref = _holed_pair(tmp_path)
+    expected = int(((ref != 0) & (pred == 0)).sum())
+    labelled = int((ref != 0).sum())
+    assert expected == 6 * 18
+    with pytest.warns(UserWarning, match=r"108 of 360 labelled reference pixels \(30\.0 %\) have no class in the "
+                      r"prediction"):
+        report = evaluate(p, r, out=tmp_path / "rep.json")
+    assert report.reference_pixels_without_prediction == expected
+    assert report.reference_pixels_without_prediction_share == pytest.approx(expected / labelled)
+    assert report.pixels_compared == labelled - expected  # the matrix stays over pixels with a class in both
+    assert report.overall_accuracy == 1.0
+    doc = json.loads((tmp_path / "rep.json").read_text())
+    assert doc["reference_pixels_without_prediction"] == expected
+    assert doc["reference_pixels_without_prediction_share"] == pytest.approx(expected / labelled)
+    assert any("labelled reference pixels" in w for w in doc["warnings"])
+    assert main(["evaluate", "--prediction", str(p), "--reference", str(r)]) == 0
+    out, err = capsys.readouterr()
+    assert "reference pixels without prediction 108 (30.0 % of 360 labelled" in out
+    assert "landcover evaluate: warning: 108 of 360 labelled reference pixels" in err
+
+
+def test_map_nodata_other_than_zero_is_honoured_for_the_count(tmp_path):
+    p, r, pred, ref = _holed_pair(tmp_path, pred_nodata=255, hole=(slice(0, 1), slice(0, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2 of 360 (0.6 %): counted, but below the warning threshold
+        report = evaluate(p, r)
+    assert report.reference_pixels_without_prediction == 2
+    assert report.pixels_compared == 358 and report.overall_accuracy == 1.0 and 255 not in report.matrix.shape
+    assert [c.value for c in report.classes] == [1, 2, 3, 4]
+
+
+def test_cli_prints_only_landcover_warnings_as_its_own(tmp_path, capsys, monkeypatch):
+    """Dependencies' (pending) deprecation warnings are not printed as 'landcover evaluate: warning: ...'."""
+    import sys
+
+    evaluate_module = sys.modules["landcover.evaluate"]
+    real = evaluate_module.evaluate
+
+    def noisy(*args, **kwargs):
+        warnings.warn_explicit("Use `@` matmul instead of `*` mul operator", PendingDeprecationWarning,
+                               "affine/__init__.py", 623, module="affine")
+        warnings.warn_explicit("something old", DeprecationWarning, "rasterio/windows.py", 1, module="rasterio")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", noisy)
+    ref = np.ones((10, 10), np.uint8)
+    ref[0, 0] = 5
+    p = write_raster(tmp_path / "p.tif", np.ones((10, 10), np.uint8))
+    r = write_raster(tmp_path / "r.tif", ref)
+    with pytest.warns(DeprecationWarning, match="something old"):  # left to Python's (here pytest's) handling
+        assert main(["evaluate", "--prediction", str(p), "--reference", str(r)]) == 0
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("landcover evaluate: warning:")]
+    assert ours == ["landcover evaluate: warning: reference classes missing from the prediction: 5 (their "
+                    "producer's accuracy and IoU are 0)"]
+    assert "matmul" not in err and "something old" not in err
+
+
+@pytest.mark.filterwarnings("ignore:.*labelled reference pixels")
+def test_float_reference_must_hold_integral_class_values(tmp_path, small_strips, capsys):
+    p, r, pred, ref = _pair(tmp_path, seed=3, shape=(30, 40))
+    t = from_origin(*ORIGIN, 2.0, 2.0)
+    as_float = np.where(ref == 255, 0, ref).astype(np.float32)
+    bad = write_raster(tmp_path / "ref_float.tif", np.where(as_float > 0, as_float + 0.4, 0).astype(np.float32),
+                       nodata=0.0, transform=t)
+    with pytest.raises(LandcoverError, match=r"ref_float.tif: reference value 1.4 is not an integer"):
+        evaluate(p, bad)
+    assert main(["evaluate", "--prediction", str(p), "--reference", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not an integer" in err
+    # Whole numbers in a float raster are classes; its nodata (here -9999, and NaN) is honoured.
+    good = np.where(ref == 255, np.float32(-9999), ref.astype(np.float32))
+    good[7, 10] = np.nan
+    g = write_raster(tmp_path / "ref_float_ok.tif", good, nodata=-9999.0, transform=t)
+    report = evaluate(p, g)
+    valid_ref = np.where(np.isnan(good), 255, ref)
+    exp = _numpy_metrics(pred, valid_ref)
+    np.testing.assert_array_equal(report.matrix, exp["matrix"])
+    assert [c.value for c in report.classes] == exp["values"]
+
+
+def test_float_prediction_must_hold_integral_class_values(tmp_path):
+    ref = np.ones((6, 6), np.uint8)
+    p = write_raster(tmp_path / "p.tif", np.full((6, 6), 2.5, np.float32), nodata=0.0)
+    r = write_raster(tmp_path / "r.tif", ref)
+    with pytest.raises(LandcoverError, match=r"p.tif: class value 2.5 is not an integer"):
+        evaluate(p, r)
+    rgb = write_raster(tmp_path / "rgb.tif", np.ones((3, 6, 6), np.uint8))
+    with pytest.raises(LandcoverError, match="one band, this one has 3"):
+        evaluate(rgb, r)
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")
+def test_polygons_without_crs_are_refused(tmp_path, capsys):
+    import pyogrio.raw
+    import shapely
+
+    p = write_raster(tmp_path / "p.tif", np.ones((10, 10), np.uint8))
+    box = shapely.box(ORIGIN[0] + 1, ORIGIN[1] - 8, ORIGIN[0] + 8, ORIGIN[1] - 1)
+    gpkg = tmp_path / "nocrs.gpkg"
+    pyogrio.raw.write(str(gpkg), shapely.to_wkb(np.array([box], dtype=object)), [np.array([1], np.int32)],
+                      ["classvalue"], driver="GPKG", geometry_type="Polygon", crs=None)
+    with pytest.raises(LandcoverError, match="nocrs.gpkg: the layer has no CRS; define one"):
+        evaluate(p, gpkg)
+    assert main(["evaluate", "--prediction", str(p), "--reference", str(gpkg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ogr2ogr" in err
+
+
+def test_polygon_float_field_must_hold_integers(tmp_path):
+    import pyogrio.raw
+    import shapely
+
+    p = write_raster(tmp_path / "p.tif", np.ones((10, 10), np.uint8))
+    box = shapely.box(ORIGIN[0] + 1, ORIGIN[1] - 8, ORIGIN[0] + 8, ORIGIN[1] - 1)
+    gpkg = tmp_path / "f.gpkg"
+    pyogrio.raw.write(str(gpkg), shapely.to_wkb(np.array([box, box], dtype=object)),
+                      [np.array([1.0, 1.4])], ["classvalue"], driver="GPKG", geometry_type="Polygon",
+                      crs="EPSG:32617")
+    with pytest.raises(LandcoverError, match="field 'classvalue' value 1.4 is not an integer"):
+        evaluate(p, gpkg)
+
+
+@pytest.mark.parametrize(("strategy", "hint"), [
+    ("stratified", "use a sample of at least 4 (2 units for each of the 2 map classes)"),
+    ("equalized", "use a sample of at least 4 (2 units for each of the 2 map classes)"),
+    ("random", "use a larger sample or the stratified or equalized strategy (which give every map class at least 2 "
+     "units from --sample 4)")])
+def test_thin_stratum_hint_depends_on_the_strategy(tmp_path, strategy, hint):
+    pred = np.ones((20, 20), np.uint8)
+    pred[0, :3] = 2  # a rare map class: 3 pixels
+    p = write_raster(tmp_path / "p.tif", pred)
+    r = write_raster(tmp_path / "r.tif", np.ones((20, 20), np.uint8))
+    with pytest.warns(UserWarning, match="fewer than 2 sample units") as rec:
+        report = evaluate(p, r, sample=2, strategy=strategy, seed=0)
+    note = next(str(w.message) for w in rec if "sample units" in str(w.message))
+    assert note.endswith(hint) and note in report.warnings
+    if strategy != "random":
+        assert "strategy" not in note  # the strategy in use already gives every class its share

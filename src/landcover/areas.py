@@ -43,6 +43,47 @@ def class_mask(data: np.ndarray, nodata) -> np.ndarray:
     return valid
 
 
+def read_band(ds, window: Window, path: str) -> np.ndarray:
+    """Band 1 of ``window``; a file whose pixels cannot be read (truncated, corrupt) is one line naming it."""
+    from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio.errors does not re-export them)
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return ds.read(1, window=window)
+    except (RasterioIOError, CPLE_BaseError) as exc:
+        why = str(exc.__cause__ or exc).splitlines()[0]
+        raise LandcoverError(f"{path}: cannot read its pixels ({why}); the file may be truncated or corrupt "
+                             "(check it with gdalinfo -checksum)") from None
+
+
+def check_classified(ds, path: str, what: str = "classified raster") -> None:
+    """Refuse what cannot be a classified raster: more than one band, or a dtype other than integer/float."""
+    if ds.count != 1:
+        raise LandcoverError(f"{path}: a classified raster has one band, this one has {ds.count}")
+    dtype = np.dtype(ds.dtypes[0])
+    if dtype.kind not in "uif":
+        raise LandcoverError(f"{path}: the {what} is {dtype}; class values must be integers (0 = no data)")
+
+
+#: Largest class value a float raster may hold (class values are counted as int64, colour tables stop far lower).
+MAX_CLASS_VALUE = 2**31 - 1
+
+
+def check_class_values(data: np.ndarray, valid: np.ndarray, path: str, what: str = "class value") -> None:
+    """Refuse valid pixels of a float raster that are not whole numbers (rounding would invent classes)."""
+    if data.dtype.kind != "f":
+        return
+    values = data[valid]
+    bad = values != np.round(values)
+    if bad.any():
+        raise LandcoverError(f"{path}: {what} {values[bad][0]:g} is not an integer; class values must be integers "
+                             "(0 or the raster's nodata = no data): reclassify the raster or set its nodata")
+    big = np.abs(values) > MAX_CLASS_VALUE
+    if big.any():
+        raise LandcoverError(f"{path}: {what} {values[big][0]:g} is too large for a class value; reclassify the "
+                             "raster or set its nodata")
+
+
 def as_class_values(data: np.ndarray) -> np.ndarray:
     """Class values as int64 (float rasters holding whole numbers are rounded, not truncated)."""
     if data.dtype.kind == "f":
@@ -201,13 +242,15 @@ def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None)
     """
     path = str(raster)
     with open_raster(path, "classified raster") as ds:
+        check_classified(ds, path)
         grid = Grid.of(ds)
         areas = PixelAreas(grid, path)
         pixels: dict[int, float] = {}
         area: dict[int, float] = {}
         for win in strips(ds.width, ds.height):
-            data = ds.read(1, window=win)
+            data = read_band(ds, win, path)
             valid = class_mask(data, ds.nodata)
+            check_class_values(data, valid, path)
             values = as_class_values(data[valid])
             for k, n in sum_by_value(values).items():
                 pixels[k] = pixels.get(k, 0) + n

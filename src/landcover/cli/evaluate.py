@@ -61,15 +61,27 @@ def register(sub) -> None:
 
 
 def _evaluate(args) -> int:
-    from ..evaluate import evaluate
+    from ..evaluate import AccuracyWarning, evaluate
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # Only the report's own warnings are printed as ours (after the table). Anything else, e.g. a dependency's
+    # PendingDeprecationWarning, keeps Python's usual filters and display (by default: not shown at all).
+    ours: list[str] = []
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, AccuracyWarning):
+            ours.append(str(message))
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", AccuracyWarning)
+        warnings.showwarning = showwarning
         report = evaluate(args.prediction, args.reference, class_field=args.class_field, out=args.out,
                           sample=args.sample, strategy=args.strategy, seed=args.seed)
     print(report.format_table())
-    for w in caught:
-        print(f"landcover evaluate: warning: {w.message}", file=sys.stderr)
+    for message in ours:
+        print(f"landcover evaluate: warning: {message}", file=sys.stderr)
     if args.out:
         print(f"report: {args.out}")
     return 0

@@ -12,6 +12,7 @@ importing a submodule named like a lazily exported function would replace that a
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..areas import PixelAreas, as_class_values, class_mask, strips, sum_by_value
+from ..areas import (
+    PixelAreas,
+    as_class_values,
+    check_class_values,
+    check_classified,
+    class_mask,
+    read_band,
+    strips,
+    sum_by_value,
+)
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError
 from ..raster import Grid, open_raster
@@ -35,7 +45,15 @@ from .sampling import (
     olofsson_estimates,
 )
 
-__all__ = ["AccuracyReport", "OlofssonEstimates", "confusion_metrics", "evaluate", "olofsson_estimates"]
+__all__ = ["AccuracyReport", "AccuracyWarning", "OlofssonEstimates", "confusion_metrics", "evaluate",
+           "olofsson_estimates"]
+
+#: Above this share of labelled reference pixels without a map class, :func:`evaluate` warns.
+UNMAPPED_WARN_SHARE = 0.01
+
+
+class AccuracyWarning(UserWarning):
+    """Something the accuracy report says that the user should see (``landcover evaluate`` prints these)."""
 
 
 @dataclass
@@ -54,10 +72,19 @@ class AccuracyReport:
     per_class: list[dict]
     pixels_compared: int
     prediction_pixels_without_reference: int
+    #: Labelled reference pixels (inside the prediction's grid) where the map has no class (0 or its nodata):
+    #: left out of the confusion matrix, like every pixel without a class on both sides.
+    reference_pixels_without_prediction: int
     missing_from_prediction: list[int]
     missing_from_reference: list[int]
     sample: dict | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reference_pixels_without_prediction_share(self) -> float:
+        """Share of the labelled reference pixels (in the prediction's grid) that have no map class."""
+        labelled = self.pixels_compared + self.reference_pixels_without_prediction
+        return self.reference_pixels_without_prediction / labelled if labelled else 0.0
 
     def to_dict(self) -> dict:
         """The report as a JSON-ready dict (NaN metrics become null when written)."""
@@ -71,6 +98,10 @@ class AccuracyReport:
             "confusion_matrix": self.matrix,
             "pixels_compared": self.pixels_compared,
             "prediction_pixels_without_reference": self.prediction_pixels_without_reference,
+            "reference_pixels_without_prediction": self.reference_pixels_without_prediction,
+            "reference_pixels_without_prediction_share": self.reference_pixels_without_prediction_share,
+            "reference_pixels_without_prediction_means": "labelled reference pixels inside the prediction's grid "
+            "where the map is 0 or its nodata; left out of the confusion matrix and the accuracy",
             "overall_accuracy": self.overall_accuracy,
             "kappa": self.kappa,
             "mean_iou": self.mean_iou,
@@ -111,8 +142,10 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         seed: random seed of the sample.
 
     Pixels are compared where both sides have data; the sample is drawn from the same pixels, so the estimated
-    areas cover the assessed area. Reference classes the prediction never contains are reported in
-    ``missing_from_prediction`` (and as a warning), not an error.
+    areas cover the assessed area. Labelled reference pixels where the map has no class (0 or its nodata) are
+    left out of the matrix but counted in ``reference_pixels_without_prediction`` (with a warning above 1 %).
+    Reference classes the prediction never contains are reported in ``missing_from_prediction`` (and as a
+    warning), not an error. Warnings are :class:`AccuracyWarning` and are also listed in the report.
     """
     if sample is not None:
         if strategy not in STRATEGIES:
@@ -121,20 +154,24 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
             raise LandcoverError(f"--sample {sample}: the sample size must be at least 1")
     pred_path, ref_path = str(prediction), str(reference)
     with open_raster(pred_path, "prediction raster") as ds:
-        if ds.count != 1:
-            raise LandcoverError(f"{pred_path}: a classified raster has one band, this one has {ds.count}")
-        grid = Grid.of(ds)
+        check_classified(ds, pred_path, "prediction raster")
+        grid, nodata = Grid.of(ds), ds.nodata
         if sample is not None and int(sample) > grid.width * grid.height:
             raise LandcoverError(f"--sample {sample}: larger than the {grid.width * grid.height:,} pixels of "
                                  f"{pred_path}; use a smaller sample")
         pred_classes = read_class_table(pred_path)
         ref = open_reference(ref_path, grid, class_field, pred_classes)
         try:
-            counter, sampler, strata_m2, unassessed, areas = _stream(ds, grid, ref, sample, strategy, seed)
+            counter, sampler, strata_m2, unassessed, unmapped, areas = _stream(ds, grid, ref, sample, strategy,
+                                                                                seed, pred_path)
         finally:
             ref.close()
     values, matrix = counter.matrix()
     if counter.total == 0:
+        if unmapped:
+            raise LandcoverError(f"{pred_path}: the prediction has no class ({_map_no_data(nodata)}) "
+                                 f"at any of the {unmapped:,} labelled pixels of {ref_path}; check the prediction's "
+                                 "nodata and that it covers the reference")
         raise LandcoverError(f"{pred_path} and {ref_path}: no pixel has a class in both after excluding no data; "
                              "check the nodata values and that the rasters cover the same area")
     classes = _class_list(values, pred_classes, ref.classes)
@@ -148,6 +185,11 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
     missing_pred = [v for i, v in enumerate(values) if m["reference_totals"][i] > 0 and m["map_totals"][i] == 0]
     missing_ref = [v for i, v in enumerate(values) if m["map_totals"][i] > 0 and m["reference_totals"][i] == 0]
     notes = []
+    labelled = counter.total + unmapped
+    if unmapped > UNMAPPED_WARN_SHARE * labelled:
+        notes.append(f"{unmapped:,} of {labelled:,} labelled reference pixels ({100 * unmapped / labelled:.1f} %) "
+                     f"have no class in the prediction ({_map_no_data(nodata)}) and are left out of the "
+                     "confusion matrix and the accuracy; see reference_pixels_without_prediction")
     if missing_pred:
         notes.append(f"reference classes missing from the prediction: {', '.join(map(str, missing_pred))} "
                      "(their producer's accuracy and IoU are 0)")
@@ -155,32 +197,45 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         prediction=pred_path, reference=ref_path, reference_kind=ref.kind, class_field=ref.class_field,
         classes=classes, matrix=matrix, overall_accuracy=m["overall_accuracy"], kappa=m["kappa"],
         mean_iou=m["mean_iou"], per_class=per_class, pixels_compared=counter.total,
-        prediction_pixels_without_reference=unassessed, missing_from_prediction=missing_pred,
+        prediction_pixels_without_reference=unassessed, reference_pixels_without_prediction=unmapped,
+        missing_from_prediction=missing_pred,
         missing_from_reference=missing_ref, warnings=notes,
     )
     if sample is not None:
         report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata_m2,
                                         areas, grid, notes)
     for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, AccuracyWarning, stacklevel=2)
     if out is not None:
         report.save(out)
     return report
 
 
-def _stream(ds, grid: Grid, ref, sample, strategy, seed):
-    """One pass over the prediction: confusion counts, the sample reservoirs and the strata areas."""
+def _map_no_data(nodata) -> str:
+    """How the prediction marks no data, for messages: 0 always, and its nodata value when that is another."""
+    if nodata is None or nodata == 0:
+        return "map value 0 = no data"
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return "map value 0 or NaN = no data"
+    return f"map value 0 or its nodata {nodata:g}"
+
+
+def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
+    """One pass over the prediction: confusion counts, the sample reservoirs, the strata areas and the pixels
+    with a class on one side only (map without reference, labelled reference without map)."""
     counter = ConfusionCounter()
     sampler = BottomKSampler(int(sample), seed, by_stratum=strategy != "random") if sample is not None else None
     areas = PixelAreas(grid, ds.name) if sample is not None and grid.crs is not None else None
     strata_m2: dict[int, float] = {}
-    unassessed = 0
+    unassessed = unmapped = 0
     for win in strips(grid.width, grid.height):
-        data = ds.read(1, window=win)
+        data = read_band(ds, win, path)
         pvalid = class_mask(data, ds.nodata)
+        check_class_values(data, pvalid, path)
         rvals, rvalid = ref.read(win)
         both = pvalid & rvalid
         unassessed += int(np.count_nonzero(pvalid & ~rvalid))
+        unmapped += int(np.count_nonzero(rvalid & ~pvalid))
         mapped, truth = as_class_values(data[both]), rvals[both]
         counter.add(mapped, truth)
         if sampler is not None:
@@ -189,7 +244,7 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed):
                 row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], both.shape)
                 for k, a in sum_by_value(mapped, row_area[both]).items():
                     strata_m2[k] = strata_m2.get(k, 0.0) + a
-    return counter, sampler, strata_m2, unassessed, areas
+    return counter, sampler, strata_m2, unassessed, unmapped, areas
 
 
 def _class_list(values: list[int], *tables: list[ClassInfo]) -> list[ClassInfo]:
@@ -200,6 +255,17 @@ def _class_list(values: list[int], *tables: list[ClassInfo]) -> list[ClassInfo]:
     for table in reversed(tables):
         known.update({c.value: c for c in table})
     return [known.get(v, ClassInfo(v, str(v), generated_color(v))) for v in values]
+
+
+def _thin_hint(strategy: str, strata: int, pixels: list[int]) -> str:
+    """What helps the strata that got fewer than 2 sample units, given the strategy in use and their sizes."""
+    if all(n < 2 for n in pixels):
+        return "they have fewer than 2 pixels in the assessed area, so no sample can give them 2 units"
+    if strategy == "random":
+        return (f"use a larger sample or the stratified or equalized strategy (which give every map class at least "
+                f"2 units from --sample {2 * strata})")
+    # stratified and equalized already give every stratum an equal floor: only the sample size helps
+    return f"use a sample of at least {2 * strata} (2 units for each of the {strata} map classes)"
 
 
 def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata_m2,
@@ -221,10 +287,11 @@ def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, class
         sizes, unit = pixels * (areas.constant * areas.to_m2 / 1e4), "ha"
     est = olofsson_estimates(counts, sizes)
     n_i = counts.sum(axis=1)
-    thin = [str(v) for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
+    thin = [v for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
     if thin:
-        notes.append(f"map classes with fewer than 2 sample units ({', '.join(thin)}): their sampling variance "
-                     "is not estimated; use a larger sample or the stratified/equalized strategy")
+        hint = _thin_hint(strategy, len(strata_pixels), [strata_pixels[v] for v in thin])
+        notes.append(f"map classes with fewer than 2 sample units ({', '.join(map(str, thin))}): their sampling "
+                     f"variance is not estimated; {hint}")
     rows, cols = np.divmod(units["pixel"], grid.width)
     return {
         "size": size, "strategy": strategy, "seed": seed,

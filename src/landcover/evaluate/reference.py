@@ -16,7 +16,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from ..areas import as_class_values, class_mask
+from ..areas import MAX_CLASS_VALUE, as_class_values, check_class_values, class_mask
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError
 from ..raster import Grid, GridReader, open_raster
@@ -56,7 +56,11 @@ def _check_overlap(path, bounds, crs, grid: Grid) -> None:
 
 
 class RasterReference:
-    """A reference raster on the prediction grid (nearest neighbour); 0 and nodata are no data."""
+    """A reference raster on the prediction grid (nearest neighbour); 0 and nodata are no data.
+
+    Float rasters are read as classes only when their values are whole numbers: a value such as 1.4 is refused
+    rather than rounded (or truncated) into a class.
+    """
 
     kind = "raster"
 
@@ -64,6 +68,10 @@ class RasterReference:
         self.path = str(path)
         self.ds = open_raster(self.path, "reference raster")
         try:
+            dtype = np.dtype(self.ds.dtypes[0])
+            if dtype.kind not in "uif":
+                raise LandcoverError(f"{self.path}: the reference raster is {dtype}; class values must be integers "
+                                     "(0 or the raster's nodata = no data)")
             _check_overlap(self.path, self.ds.bounds, self.ds.crs, grid)
             if self.ds.crs is None and Grid.of(self.ds) != grid:
                 raise LandcoverError(f"{self.path}: the reference has no CRS and is not on the prediction's grid; "
@@ -78,6 +86,7 @@ class RasterReference:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         data, valid = self.reader.read(window)
         valid &= class_mask(data[0], self.ds.nodata)
+        check_class_values(data[0], valid, self.path, "reference value")
         return as_class_values(data[0]), valid
 
     def close(self) -> None:
@@ -105,12 +114,16 @@ class PolygonReference:
         self.class_field = _pick_field(self.path, fields, class_field)
         dtype = dtypes[fields.index(self.class_field)]
         layer_crs = info.get("crs")
+        if not layer_crs:
+            # Without a CRS the coordinates would silently be taken as the prediction's: refuse, as export does.
+            raise LandcoverError(f"{self.path}: the layer has no CRS; define one (e.g. ogr2ogr -a_srs EPSG:...)")
         from rasterio.crs import CRS
 
-        crs = CRS.from_user_input(layer_crs) if layer_crs else None
-        bbox = None
-        if crs is not None and grid.crs is not None:
-            bbox = tuple(transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21))
+        crs = CRS.from_user_input(layer_crs)
+        if grid.crs is None:
+            raise LandcoverError(f"{self.path}: the prediction raster has no CRS, so these polygons cannot be placed "
+                                 "on it; assign the prediction a CRS (gdal_edit.py -a_srs EPSG:...)")
+        bbox = tuple(transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21))
         _, _, wkb, field_data = pyogrio.raw.read(self.path, columns=[self.class_field], bbox=bbox)
         geoms = shapely.from_wkb(wkb)
         values = _class_values(self.path, self.class_field, dtype, field_data[0], classes)
@@ -119,7 +132,7 @@ class PolygonReference:
         if geoms.size == 0:
             raise LandcoverError(f"{self.path}: no reference polygon with a class overlaps the prediction; check "
                                  f"the field {self.class_field!r} and that both cover the same area")
-        if crs is not None and grid.crs is not None and crs != grid.crs:
+        if crs != grid.crs:
             from pyproj import Transformer
 
             tr = Transformer.from_crs(crs.to_wkt(), grid.crs.to_wkt(), always_xy=True)
@@ -169,7 +182,12 @@ def _class_values(path: str, field: str, dtype: str, raw: np.ndarray, classes: l
         return np.asarray(raw, dtype=np.int64)
     if np.dtype(dtype).kind == "f":
         arr = np.asarray(raw, dtype=np.float64)
-        return np.where(np.isfinite(arr), np.rint(np.nan_to_num(arr)), 0).astype(np.int64)
+        arr = np.where(np.isfinite(arr), arr, 0.0)  # NULL / NaN: no class
+        bad = (arr != np.round(arr)) | (np.abs(arr) > MAX_CLASS_VALUE)
+        if bad.any():
+            raise LandcoverError(f"{path}: field {field!r} value {arr[bad][0]:g} is not an integer class value; "
+                                 "use an integer class field")
+        return arr.astype(np.int64)
     by_name = {c.name.strip().lower(): c.value for c in classes}
     out = np.zeros(len(raw), dtype=np.int64)
     unknown = set()

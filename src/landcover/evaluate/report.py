@@ -65,6 +65,11 @@ def format_table(doc: dict) -> str:
     lines.append("")
     lines.append(f"overall accuracy {_fmt(doc['overall_accuracy'], 4)}   kappa {_fmt(doc['kappa'], 4)}   "
                  f"mean IoU {_fmt(doc['mean_iou'], 4)}   pixels compared {doc['pixels_compared']:,}")
+    unmapped = doc.get("reference_pixels_without_prediction")
+    if unmapped is not None:
+        labelled = doc["pixels_compared"] + unmapped
+        lines.append(f"reference pixels without prediction {unmapped:,} ({100 * unmapped / labelled:.1f} % of "
+                     f"{labelled:,} labelled; map no data, left out of the matrix)")
     sample = doc.get("sample")
     if sample:
         est = sample["estimates"]
