@@ -171,7 +171,7 @@ def choose(model: Path, raster: Path, plan) -> dict:
     from landcover.package import load_package
 
     pkg = load_package(model)
-    decoder = ClassDecoder.build(pkg.index_to_value, True)
+    decoder = ClassDecoder.for_package(pkg)
     t = plan.rows.tile
     with rasterio.open(raster) as src:
         spots = [(0, 0), (src.height - t, src.width - t)]
@@ -196,7 +196,7 @@ def _bare_worker(model: str, backend: str, artifact: str | None, tile: int, seco
     _keep_large_allocations()  # as the classify workers do
     torch.set_num_threads(threads)
     pkg = load_package(model)
-    decoder = ClassDecoder.build(pkg.index_to_value, True)
+    decoder = ClassDecoder.for_package(pkg)
     engine = build_engine(backend, pkg, decoder, artifact, threads=threads)
     tiles = [np.random.default_rng(0).standard_normal((4, tile, tile)).astype(np.float32)]
     weights = [np.ones((tile, tile), np.float32)]

@@ -122,10 +122,8 @@ def classify_pixels(
     from ..package import load_package
 
     pkg = load_package(model)
-    # As in arcgis.learn: the background (index 0, never trained on) is predicted only where the model has a
-    # class of value 0 or a single class; otherwise it would fill the map with holes of nodata.
-    predict_background = bool(predict_background) and (
-        len(pkg.classes) == 1 or any(int(c.value) == 0 for c in pkg.classes))
+    decoder = ClassDecoder.for_package(pkg, predict_background)
+    predict_background = decoder.predicts_background  # what the run does (also kept in its manifest)
     with rasterio.Env(**GDAL_ENV), open_imagery(paths) as ds:
         _check_imagery(ds, pkg, paths[0])
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
@@ -138,7 +136,6 @@ def classify_pixels(
         if block_size is not None and block_size < 1:
             raise LandcoverError(f"--block-size {block_size}: must be at least 1")
         plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK))
-        decoder = ClassDecoder.build(pkg.index_to_value, predict_background, pkg.ignore_classes)
         model_hash = weights_hash(pkg)
         work = work_dir(output)
         previous = read_manifest(work) if resume else None

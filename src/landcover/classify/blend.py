@@ -57,6 +57,19 @@ class ClassDecoder:
             allowed[0] = True
         return cls(lut, allowed)
 
+    @classmethod
+    def for_package(cls, pkg, predict_background: bool = True) -> ClassDecoder:
+        """The decoder of a model package. As in arcgis.learn, the background (index 0, which training never
+        learns) is predicted only if asked and the model has a class of value 0 or a single class: otherwise
+        its untrained score would leave holes of nodata in the map."""
+        background = bool(predict_background) and (
+            len(pkg.classes) == 1 or any(int(c.value) == 0 for c in pkg.classes))
+        return cls.build(pkg.index_to_value, background, pkg.ignore_classes)
+
+    @property
+    def predicts_background(self) -> bool:
+        return bool(self.allowed[0])
+
     @property
     def key(self) -> str:
         """A short text identifying the decoding (for caches of models that decode in-graph)."""

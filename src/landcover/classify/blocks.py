@@ -111,7 +111,7 @@ def context(job: Job, pkg=None) -> Context:
 
                 torch.set_num_threads(threads)
             pkg = pkg if pkg is not None else load_package(job.model)
-            decoder = ClassDecoder.build(pkg.index_to_value, job.predict_background, pkg.ignore_classes)
+            decoder = ClassDecoder.for_package(pkg, job.predict_background)
             engine = build_engine(job.backend, pkg, decoder, job.artifact, job.batch_size, threads)
             if job.tta:
                 engine = TTAEngine(engine)
