@@ -64,6 +64,8 @@ def _package(tmp_path) -> ModelPackage:
 def test_save_load_identical_predictions(tmp_path):
     pkg = _package(tmp_path)
     folder = save_package(pkg, tmp_path / "m1")
+    # the weights get the same permissions as the package's other files (safetensors' save_file makes 0600)
+    assert (folder / "m1.safetensors").stat().st_mode == (folder / "m1.emd").stat().st_mode
     assert {p.name for p in folder.iterdir()} == {"m1.emd", "m1.safetensors", "m1.dlpk"}
     emd = json.loads((folder / "m1.emd").read_text())
     assert emd["ModelType"] == "ImageClassification" and emd["Classes"][1] == {"Value": 5, "Name": "Trees",
@@ -114,4 +116,10 @@ def test_dlpk_refuses_traversal_links_and_corruption(tmp_path):
     del doc["NormalizationStats"]
     (folder / "m.emd").write_text(json.dumps(doc))
     with pytest.raises(LandcoverError, match="missing key.*NormalizationStats"):
+        load_package(folder / "m.emd")
+    # an export's definition given as a model: said so, in the export template's words
+    export_emd = {"Framework": "e.g. CNTK", "ModelType": "e.g. ObjectDetection or ImageClassification",
+                  "ModelFile": "e.g. ./CNTK/model.model", "ImageHeight": 256, "Classes": []}
+    (folder / "m.emd").write_text(json.dumps(export_emd))
+    with pytest.raises(LandcoverError, match="exported training chips, not of a trained model"):
         load_package(folder / "m.emd")

@@ -145,6 +145,10 @@ class ModelPackage:
     @classmethod
     def from_emd(cls, emd: dict, where: str) -> ModelPackage:
         missing = [k for k in REQUIRED_EMD_KEYS if k not in emd]
+        # An export's .emd: ArcGIS's template has "Framework": "e.g. CNTK"; some carry the export's MetaDataMode.
+        if missing and (emd.get("MetaDataMode") or str(emd.get("Framework", "")).startswith("e.g.")):
+            raise LandcoverError(f"{where}: this is the definition of exported training chips, not of a trained "
+                                 "model; train one (landcover train) and give its package")
         if missing:
             raise LandcoverError(f"{where}: model definition is missing key(s) {', '.join(missing)}")
         try:
@@ -195,7 +199,7 @@ def save_package(pkg: ModelPackage, folder: str | os.PathLike, name: str | None 
     ``files`` maps a relative name inside the package (e.g. ``"ModelCharacteristics/loss_graph.png"``) to a
     file to copy there. The folder is assembled beside its final place and renamed when complete.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     name = name or folder.name
@@ -207,7 +211,8 @@ def save_package(pkg: ModelPackage, folder: str | os.PathLike, name: str | None 
     tmp.mkdir()
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in pkg.state_dict.items()}
-        save_file(weights, str(tmp / f"{name}.safetensors"), metadata={"format": "pt", "landcover": __version__})
+        # save() to bytes, then a plain write: the file gets the usual permissions (save_file's are 0600)
+        (tmp / f"{name}.safetensors").write_bytes(save(weights, metadata={"format": "pt", "landcover": __version__}))
         (tmp / f"{name}.emd").write_text(json.dumps(pkg.to_emd(f"{name}.safetensors"), indent=4))
         for rel, src in (files or {}).items():
             dst = tmp / _safe_member(rel, str(folder))

@@ -37,7 +37,7 @@ def register(sub) -> None:
                    help="integer class field of vector labels (default: classvalue or value)")
     p.add_argument("--buffer-radius", type=float, default=0.0, metavar="R",
                    help="buffer points and lines by R, in the label layer's map units (default 0)")
-    p.add_argument("--classes", metavar="JSON", help="class names and colours: {\"1\": {\"name\": ..., "
+    p.add_argument("--classes", metavar="FILE.json", help="a JSON file of class names and colours: {\"1\": {\"name\": ..., "
                    "\"color\": \"#rrggbb\"}, ...}")
     p.add_argument("--tile-size", type=int, default=256, metavar="N", help="chip size in pixels (default 256)")
     p.add_argument("--stride", type=int, metavar="N",
