@@ -289,7 +289,7 @@ def test_cli_train_and_lr_find(tmp_path, capsys):
     bad = chips / "labels" / "000000003.tif"
     with rasterio.open(bad, "r+") as ds:
         ds.write(np.full((1, 64, 64), 9, np.uint8))
-    rc = cli_main(["train", str(chips), "--out", str(out), "--backbone", "resnet18"])
+    rc = cli_main(["train", str(chips), "--out", str(out), "--backbone", "resnet18", "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "label value 9" in err
 

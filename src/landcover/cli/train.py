@@ -3,23 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import tempfile
 from pathlib import Path
+
+from ..errors import LandcoverError
 
 
 def parse_lr(text: str) -> float | slice:
     """``1e-4`` → 1e-4; ``3e-5:1e-4`` → slice(3e-5, 1e-4)."""
     try:
         if ":" in text:
-            lo, hi = text.split(":", 1)
-            return slice(float(lo), float(hi))
-        return float(text)
+            lo, hi = (float(v) for v in text.split(":", 1))
+        else:
+            lo = hi = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate (1e-4) or a range (3e-5:1e-4)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive rate (1e-4) or a range low:high with "
+                                         "0 < low <= high (3e-5:1e-4)")
+    return slice(lo, hi) if ":" in text else lo
 
 
 def parse_devices(text: str) -> int | str:
     return int(text) if text.isdigit() else text
+
+
+def _number(kind, low: float, high: float | None = None, closed: bool = True, what: str = ""):
+    """An argparse type: ``kind`` (int or float) in [low, high] (``closed``) or (low, high)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        inside = value is not None and math.isfinite(value) and (
+            (low <= value if closed else low < value) and (high is None or (value <= high if closed else value < high)))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, what="a whole number of at least 1")
+non_negative_int = _number(int, 0, what="a whole number of at least 0")
+open_fraction = _number(float, 0.0, 1.0, closed=False, what="a fraction between 0 and 1 (e.g. 0.1)")
+fraction = _number(float, 0.0, 1.0, what="a fraction from 0 to 1")
+
+#: Python API argument names in messages → the CLI flags, for errors only found once the data is read
+#: (e.g. a batch larger than the training chips)
+API_FLAGS = {"val_split_pct": "--val-split", "batch_size": "--batch-size", "chip_size": "--chip-size",
+             "num_workers": "--num-workers", "epochs": "--epochs", "lr": "--lr", "monitor": "--monitor",
+             "dice_loss_fraction": "--dice-loss-fraction", "ignore_classes": "--ignore-classes",
+             "backbone": "--backbone", "pretrained_path": "--pretrained", "num_steps": "--steps"}
+_API_NAME = re.compile(r"(?<![\w./\\-])(" + "|".join(API_FLAGS) + r")(=|: )('([^']*)')?")
+
+
+def cli_message(text: str) -> str:
+    """``batch_size=16 is larger ...`` → ``--batch-size 16 is larger ...``; ``backbone='x'`` → ``--backbone x``."""
+
+    def flag(m: re.Match) -> str:
+        if m[2] == ": " and m.start() != 0:
+            return m[0]
+        sep = " " if m[2] == "=" else ": "
+        return API_FLAGS[m[1]] + sep + (m[4] if m[3] else "")
+
+    return _API_NAME.sub(flag, text)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -27,16 +78,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    "or ArcGIS Export Training Data For Deep Learning; several folders are merged")
     # No `choices`: listing them would import torch for every `landcover --help`; the model names them.
     p.add_argument("--backbone", default="resnet34", help="encoder: resnet18, resnet34 (default) or resnet50")
-    p.add_argument("--batch-size", type=int, default=16, help="chips per batch (default 16)")
-    p.add_argument("--chip-size", type=int, help="training crop in pixels (default: the exported chip size)")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction of chips held out (default 0.1)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="chips per batch (default 16)")
+    p.add_argument("--chip-size", type=positive_int, help="training crop in pixels (default: the exported chip "
+                   "size)")
+    p.add_argument("--val-split", type=open_fraction, default=0.1, help="fraction of chips held out (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
-    p.add_argument("--num-workers", type=int, help="DataLoader worker processes (default: 0 on CPU)")
+    p.add_argument("--num-workers", type=non_negative_int, help="DataLoader worker processes (default: 0 on CPU)")
     p.add_argument("--pretrained", metavar="PATH_OR_URL", help="ImageNet ResNet weights (torchvision/timm, "
                    ".pth or .safetensors, file or URL) or a saved landcover model to start from")
     p.add_argument("--class-balancing", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--focal-loss", action="store_true", help="focal cross-entropy (gamma 2)")
-    p.add_argument("--dice-loss-fraction", type=float, default=0.0, help="mix in a Dice loss (0..1)")
+    p.add_argument("--dice-loss-fraction", type=fraction, default=0.0, help="mix in a Dice loss (0..1)")
     p.add_argument("--ignore-classes", type=int, nargs="+", default=[], metavar="V",
                    help="class values that incur no loss (needs more than two classes)")
     p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: "
@@ -46,10 +98,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     train = sub.add_parser("train", help="train a U-Net on Classified Tiles chips and save a model package",
                            description="Train a U-Net pixel classifier and write a model package (.emd, "
-                           "safetensors weights, figures, model_metrics.html, .dlpk) to MODEL_DIR.")
+                           "safetensors weights, figures, model_metrics.html, .dlpk) to MODEL_DIR. Checkpoints "
+                           "(best-epoch=NNN.ckpt and last.ckpt, each about three times the model's size) go to "
+                           "<parent of MODEL_DIR>/models/checkpoints/<date>_<time>/, a resumed run's beside the "
+                           "checkpoint it resumed from; they are kept for --resume: delete the folder when you no "
+                           "longer need it.")
     _data_args(train)
-    train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model package folder to write")
-    train.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model package folder to write (new or "
+                       "empty; a model package there is only replaced with --overwrite)")
+    train.add_argument("--overwrite", action="store_true", help="replace the model package in MODEL_DIR")
+    train.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10); with --resume the "
+                       "run's total, more than the checkpoint has done")
     train.add_argument("--lr", type=parse_lr, help="learning rate (1e-4) or range from the first encoder stage "
                        "to the head (3e-5:1e-4); default: found with the learning-rate finder")
     train.add_argument("--constant-lr", action="store_true", help="constant rate instead of one-cycle")
@@ -57,9 +116,12 @@ def register(sub) -> None:
                        help="stop after 5 epochs without improvement of --monitor")
     train.add_argument("--monitor", default="valid_loss", choices=["valid_loss", "accuracy", "miou"],
                        help="metric for the best checkpoint and early stopping (default valid_loss)")
-    train.add_argument("--resume", metavar="CKPT", help="Lightning checkpoint to continue from")
+    train.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt (or a best-*.ckpt) in "
+                       "models/checkpoints/<date>_<time>/, with the same data, --backbone and bands: with the "
+                       "run's own --epochs it goes on as it would have, with more a new one-cycle runs over the "
+                       "added epochs; without --lr it keeps the checkpoint's rates")
     train.add_argument("--devices", type=parse_devices, default="auto", help="GPUs/processes (default auto)")
-    train.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default 1)")
+    train.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP (default 1)")
     train.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
     train.set_defaults(func=run_train)
 
@@ -67,7 +129,7 @@ def register(sub) -> None:
                         description="Learning-rate range test on the training chips; writes the plot.")
     _data_args(lr)
     lr.add_argument("--out", required=True, metavar="PNG", help="plot to write (e.g. lr.png)")
-    lr.add_argument("--steps", type=int, default=100, help="batches to test (default 100)")
+    lr.add_argument("--steps", type=positive_int, default=100, help="batches to test (default 100)")
     lr.set_defaults(func=run_lr_find)
 
 
@@ -84,10 +146,37 @@ def _prepare(args, working_dir: Path):
     return data, model
 
 
+def _cli_errors(run):
+    """Run ``run(args)`` with the Python API's argument names in its error messages turned into CLI flags."""
+
+    def wrapped(args) -> int:
+        try:
+            return run(args)
+        except LandcoverError as exc:
+            raise LandcoverError(cli_message(str(exc))) from None
+
+    wrapped.__name__, wrapped.__doc__ = run.__name__, run.__doc__
+    return wrapped
+
+
+def _check_out(out: Path, args) -> None:
+    """Before training: MODEL_DIR may be written, and this run's checkpoints will not be inside it."""
+    from ..train.classifier import check_package_folder
+
+    check_package_folder(out, args.overwrite)
+    checkpoints = Path(args.resume).resolve().parent if args.resume else out.parent / "models" / "checkpoints"
+    if checkpoints == out or out in checkpoints.parents:
+        raise LandcoverError(f"{out}: this run's checkpoints go to {checkpoints}, inside the model package folder "
+                             f"(which is replaced when the package is written); choose another --out, e.g. "
+                             f"{out / 'unet'}")
+
+
+@_cli_errors
 def run_train(args) -> int:
     from ..raster import check_writable_dir
 
     out = Path(args.out).resolve()
+    _check_out(out, args)
     check_writable_dir(out.parent)
     data, model = _prepare(args, out.parent)
     print(data, flush=True)
@@ -99,14 +188,18 @@ def run_train(args) -> int:
     with tempfile.TemporaryDirectory(prefix="landcover-train-") as tmp:
         batch_png = Path(tmp) / "show_batch.png"
         data.show_batch().savefig(batch_png, dpi=100)
-        folder = model.save(out, extra_files={"ModelCharacteristics/show_batch.png": batch_png})
+        folder = model.save(out, extra_files={"ModelCharacteristics/show_batch.png": batch_png},
+                            overwrite=args.overwrite)
     print(model.metrics_table())
     if model.checkpoint_path:
         print(f"best checkpoint: {model.checkpoint_path}")
+    if model.last_checkpoint:
+        print(f"last checkpoint (to go on with --resume; delete its folder when done): {model.last_checkpoint}")
     print(f"model package: {folder} ({folder.name}.emd, {folder.name}.dlpk)")
     return 0
 
 
+@_cli_errors
 def run_lr_find(args) -> int:
     from ..raster import atomic_output, check_writable_dir
 

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import torch
 
 from ..classes import ClassInfo
 from ..errors import LandcoverError
-from ..model import UNet, load_pretrained_encoder
+from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
 from .figures import loss_figure, lr_figure, results_figure
 from .losses import SegmentationLoss, class_weights
@@ -208,6 +209,77 @@ class UnetClassifier:
         # Channels-last convolutions are faster on CPU (oneDNN) and with mixed precision on GPU tensor cores.
         return device.type == "cpu" or "mixed" in precision
 
+    def _check_resume(self, resume: str | os.PathLike) -> dict:
+        """Check that ``resume`` is a training checkpoint of this model; what resuming needs from it.
+
+        Read as untrusted (tensors and plain values only; memory-mapped, so a large file is not read whole).
+        """
+        path = Path(resume)
+        fix = "give --resume the last.ckpt or a best-*.ckpt of a landcover train run"
+        if path.suffix.lower() in (".emd", ".dlpk") or _is_package(path):
+            raise LandcoverError(f"{path}: a model package, not a training checkpoint; to train on from it use "
+                                 f"pretrained_path='{path}', or {fix}")
+        if not path.is_file():
+            raise LandcoverError(f"{path}: checkpoint to resume from not found ({fix}, in "
+                                 "<folder>/models/checkpoints/<date>_<time>/)")
+        if not zipfile.is_zipfile(path):
+            raise LandcoverError(f"{path}: not a training checkpoint (not a PyTorch checkpoint file); {fix}")
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # any failure to read is the same user error
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if "weights only" in reason.lower():
+                reason = "it holds Python objects, which are not loaded from untrusted files"
+            raise LandcoverError(f"{path}: not a readable training checkpoint ({reason}); {fix}") from None
+        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        weights = {k[4:]: v for k, v in state.items() if isinstance(k, str) and k.startswith("net.")
+                   and isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+        optimizers = ckpt.get("optimizer_states") if isinstance(ckpt, dict) else None
+        groups = optimizers[0].get("param_groups") if (isinstance(optimizers, list) and optimizers
+                                                       and isinstance(optimizers[0], dict)) else None
+        if not weights or not isinstance(groups, list) or not isinstance(ckpt.get("epoch"), int):
+            raise LandcoverError(f"{path}: not a landcover training checkpoint (no U-Net training state: plain "
+                                 f"weights go to --pretrained); {fix}")
+        meta = ckpt.get("landcover") if isinstance(ckpt.get("landcover"), dict) else {}
+        backbone = meta.get("backbone") or _backbone_of(weights)
+        if backbone and backbone != self.backbone:
+            raise LandcoverError(f"{path}: the checkpoint was trained with backbone {backbone}, this run uses "
+                                 f"{self.backbone}; resume with backbone={backbone!r}")
+        ours = [c.value for c in self.classes]
+        theirs = meta.get("classes")
+        head = weights.get("head.weight")
+        n = int(head.shape[0]) - 1 if head is not None else len(ours)
+        if (isinstance(theirs, list) and theirs != ours) or n != len(ours):
+            what = ", ".join(map(str, theirs)) if isinstance(theirs, list) else f"{n} classes"
+            raise LandcoverError(f"{path}: the checkpoint was trained on classes {what}, the data has classes "
+                                 f"{', '.join(map(str, ours))}; resume with the data it was trained on, or start a "
+                                 "new run from its model package (pretrained_path=PACKAGE)")
+        conv1 = weights.get("encoder.conv1.weight")
+        if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != len(self.band_names):
+            raise LandcoverError(f"{path}: the checkpoint takes {conv1.shape[1]} bands, the data has "
+                                 f"{len(self.band_names)}; resume with the data it was trained on")
+        own = self.net.state_dict()
+        for key in sorted(set(own) | set(weights)):
+            if key not in weights or key not in own or own[key].shape != weights[key].shape:
+                raise LandcoverError(f"{path}: layer {key} does not match this {self.backbone} U-Net; {fix} with "
+                                     "the same backbone, bands and classes")
+        if len(groups) != len(self.net.layer_groups()) or not all(isinstance(g, dict) for g in groups):
+            raise LandcoverError(f"{path}: not a landcover training checkpoint (its optimizer has {len(groups)} "
+                                 f"parameter groups); {fix}")
+        schedulers = ckpt.get("lr_schedulers")
+        schedule = schedulers[0] if isinstance(schedulers, list) and schedulers and isinstance(schedulers[0], dict) \
+            else {}
+
+        def rates(key: str) -> list[float] | None:
+            values = [g.get(key) for g in groups]
+            return [float(v) for v in values] if all(isinstance(v, (int, float)) for v in values) else None
+
+        max_lrs = rates("max_lr")
+        total, taken = schedule.get("total_steps"), schedule.get("last_epoch")
+        steps_left = total - taken if isinstance(total, int) and isinstance(taken, int) else None
+        return {"epochs_done": int(ckpt["epoch"]) + 1, "steps_left": steps_left, "max_lrs": max_lrs,
+                "lrs": max_lrs or rates("lr")}
+
     # --- training ------------------------------------------------------------------------------------------
 
     def fit(self, epochs: int = 10, lr=None, one_cycle: bool = True, early_stopping: bool = False,
@@ -220,8 +292,13 @@ class UnetClassifier:
         and head (hi), or None to run :meth:`lr_find` and use ``slice(found/10, found)``. ``one_cycle``: the
         one-cycle schedule, else a constant rate. ``early_stopping``: stop after 5 epochs without ``monitor``
         improving by 0.001. ``checkpoint``: keep the best epoch (by ``monitor``) and the last one under
-        ``<working_dir>/models/checkpoints/``, and restore the best at the end. ``resume``: a checkpoint to
-        continue from. ``devices``/``num_nodes``/``strategy`` go to the Lightning Trainer (e.g. 4 GPUs:
+        ``<working_dir>/models/checkpoints/<date>_<time>/`` (``best-epoch=NNN.ckpt``, ``last.ckpt``), and
+        restore the best at the end. ``resume``: a checkpoint of this model to continue from, with ``epochs``
+        the run's total (more than the checkpoint has done); the run keeps writing beside it. An interrupted
+        run resumed with its own settings goes on exactly as it would have; with more epochs (or other rates)
+        the weights, optimizer state and epoch count carry on and the learning rate follows a new one-cycle
+        schedule over the remaining epochs. Without ``lr`` a resumed run takes the checkpoint's rates.
+        ``devices``/``num_nodes``/``strategy`` go to the Lightning Trainer (e.g. 4 GPUs:
         ``devices=4, strategy="ddp"``). ``precision``: None picks bf16/fp16 mixed precision on a GPU and bf16
         autocast on a CPU with native bf16, else fp32. Other keyword arguments (e.g. ``callbacks``,
         ``limit_train_batches``) go to ``lightning.pytorch.Trainer``.
@@ -237,16 +314,23 @@ class UnetClassifier:
             raise LandcoverError(f"monitor={monitor!r}: choose one of {', '.join(MONITORS)}")
         if int(epochs) < 1:
             raise LandcoverError(f"epochs={epochs}: train for at least one epoch")
-        if resume is not None and not Path(resume).is_file():
-            raise LandcoverError(f"{resume}: checkpoint to resume from not found")
+        resumed = self._check_resume(resume) if resume is not None else None
+        if resumed is not None and int(epochs) <= resumed["epochs_done"]:
+            done = resumed["epochs_done"]
+            raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
+                                 f"epochs={done + 1} or more to train on")
         precision = resolve_precision(precision, accelerator)
         device = self._device(accelerator)
         channels_last = self._use_channels_last(precision, device)
-        rates, lr_text = self._resolve_lr(lr, accelerator, precision)
+        if resumed is not None and lr is None and resumed["lrs"]:
+            rates = resumed["lrs"]  # go on at the checkpoint's rates (no learning-rate finder on other weights)
+            lr_text = _lr_text(rates)
+        else:
+            rates, lr_text = self._resolve_lr(lr, accelerator, precision)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         module = SegmentationModule(self.net, self._loss(), rates, self.classes, one_cycle, channels_last,
-                                    self._ignore_indices)
+                                    self._ignore_indices, resume=resumed)
         history = History(self._steps)
         callbacks: list = [ProgressTable(), history, *trainer_kwargs.pop("callbacks", [])]
         mode = MONITORS[monitor]
@@ -255,8 +339,7 @@ class UnetClassifier:
         ckpt = None
         if checkpoint:
             # A resumed run keeps writing beside the checkpoint it resumed from.
-            ckpt_dir = (Path(resume).resolve().parent if resume else
-                        data.working_dir / "models" / "checkpoints" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+            ckpt_dir = Path(resume).resolve().parent if resume else _new_checkpoint_dir(data.working_dir)
             ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
                                    save_top_k=1)
             # The latest epoch, to resume an interrupted run (Lightning's save_last only follows saves of the
@@ -270,7 +353,9 @@ class UnetClassifier:
                 precision=precision, max_epochs=int(epochs), callbacks=callbacks, logger=False,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 enable_checkpointing=checkpoint, default_root_dir=str(data.working_dir), **trainer_kwargs)
-            trainer.fit(module, data.train_dl, data.valid_dl, ckpt_path=str(resume) if resume else None)
+            # Checkpoints are untrusted input: tensors and plain values only (checked in _check_resume too).
+            trainer.fit(module, data.train_dl, data.valid_dl, ckpt_path=str(resume) if resume else None,
+                        weights_only=True)
         # Back to the default layout: packages, show_results and inference see the same model as a loaded one.
         self.net.cpu().to(memory_format=torch.contiguous_format)
         self.is_main_process = trainer.is_global_zero
@@ -384,16 +469,18 @@ class UnetClassifier:
     # --- packages ------------------------------------------------------------------------------------------
 
     def save(self, name_or_path: str | os.PathLike, extra_files: dict[str, str | os.PathLike] | None = None,
-             compute_metrics: bool = True) -> Path:
+             compute_metrics: bool = True, overwrite: bool = True) -> Path:
         """Write the model package folder (``.emd``, safetensors, figures, ``model_metrics.html``, ``.dlpk``).
 
         A plain name goes to ``<working_dir>/models/<name>/`` as in arcgis.learn; a path is used as is.
         ``extra_files`` maps names inside the package to files to copy in. Returns the folder. In the extra
-        processes of a multi-process run nothing is written.
+        processes of a multi-process run nothing is written. A model package already there is replaced (as in
+        arcgis.learn) unless ``overwrite=False``; a folder holding anything else is never replaced.
         """
         folder = self._package_folder(name_or_path)
         if not self.is_main_process:
             return folder
+        check_package_folder(folder, overwrite)
         metrics = None
         if compute_metrics and (self.data is not None or isinstance(self._extra.get("Metrics"), dict)):
             metrics = self.metrics
@@ -498,6 +585,61 @@ class UnetClassifier:
         return f"UnetClassifier(backbone={self.backbone!r}, bands={self.band_names}, classes=[{names}])"
 
 
+def _is_package(folder: Path) -> bool:
+    """Whether ``folder`` holds a model package (an ``.emd`` with weights or a ``.dlpk`` beside it)."""
+    if not folder.is_dir():
+        return False
+    names = [p.suffix.lower() for p in folder.iterdir() if p.is_file()]
+    return ".emd" in names and any(s in names for s in (".safetensors", ".dlpk", ".pth"))
+
+
+def check_package_folder(folder: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to write a model package to ``folder`` where that would replace something.
+
+    Writing a package replaces the whole folder: a package already there only with ``overwrite``, a folder
+    holding anything else never (it is not ours to delete).
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise LandcoverError(f"{folder}: exists and is not a folder; choose another folder for the model package")
+    if not any(folder.iterdir()):
+        return
+    if not _is_package(folder):
+        raise LandcoverError(f"{folder}: folder is not empty and holds no model package; choose another folder "
+                             "for the model package (--overwrite only replaces a model package)")
+    if not overwrite:
+        raise LandcoverError(f"{folder}: already holds a model package; add --overwrite (overwrite=True) to "
+                             "replace it, or choose another folder")
+
+
+def _backbone_of(weights: dict[str, torch.Tensor]) -> str | None:
+    """The backbone whose encoder layout (block type, blocks per stage) the U-Net weights have, if any."""
+    bottleneck = "encoder.layer1.0.conv3.weight" in weights
+    blocks = tuple(len({k.split(".")[2] for k in weights if k.startswith(f"encoder.layer{i}.")}) for i in range(1, 5))
+    for name, (block, layers) in BACKBONES.items():
+        if tuple(layers) == blocks and (getattr(block, "expansion", 1) == 4) == bottleneck:
+            return name
+    return None
+
+
+def _lr_text(rates: list[float]) -> str:
+    """The rates as ``fit`` records them: one number, or the slice they were spread from."""
+    lo, hi = min(rates), max(rates)
+    return f"{hi:.4e}" if lo == hi else f"slice('{lo:.4e}', '{hi:.4e}', None)"
+
+
+def _new_checkpoint_dir(working_dir: Path) -> Path:
+    """``<working_dir>/models/checkpoints/<date>_<time>``, with a suffix if a run this second took that name."""
+    base = Path(working_dir) / "models" / "checkpoints"
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    folder, n = base / stamp, 2
+    while folder.exists():
+        folder, n = base / f"{stamp}-{n}", n + 1
+    return folder
+
+
 def _savefig(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     return path
@@ -528,6 +670,8 @@ def _quiet_lightning():
             # Resuming without early stopping: the checkpoint's EarlyStopping state is simply not used.
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`.*")
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty.*")
+            # Resuming from a checkpoint that was moved or copied: only its best score is not carried over.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from .*")
             # Lightning 2.6 with torch 2.13 trips over its own deprecated pytree call; nothing for users to do.
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
             yield

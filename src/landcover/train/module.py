@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 
 import lightning.pytorch as L
 import torch
@@ -56,16 +58,29 @@ class SegmentationModule(L.LightningModule):
     ``lrs``: one learning rate per ``net.layer_groups()`` entry (first encoder stage → decoder and head).
     Validation accumulates a confusion matrix (synchronised across processes by torchmetrics) and logs
     ``valid_loss``, ``accuracy`` and ``miou``.
+
+    ``resume``: what :meth:`UnetClassifier._check_resume` read from the checkpoint Lightning resumes from
+    (``epochs_done``, the one-cycle's ``steps_left`` and ``max_lrs``). When the run goes on as planned (the
+    checkpoint's one-cycle ends with the steps this run has left, at the same rates: an interrupted run),
+    Lightning restores the optimizer and the schedule exactly. Otherwise (more epochs, other rates, a constant
+    rate) the weights, the optimizer's moments and the epoch count are restored, and the learning rate follows
+    the new plan: a whole one-cycle schedule over the remaining epochs (as a second ``fit`` call would run), or
+    the given constant rate.
     """
 
     def __init__(self, net: UNet, loss: SegmentationLoss, lrs: list[float], classes: list[ClassInfo],
-                 one_cycle: bool = True, channels_last: bool = False, ignore_indices: tuple[int, ...] = ()):
+                 one_cycle: bool = True, channels_last: bool = False, ignore_indices: tuple[int, ...] = (),
+                 resume: dict | None = None):
         super().__init__()
         self.net, self.loss_fn = net, loss
         self.lrs, self.one_cycle, self.channels_last = list(lrs), one_cycle, channels_last
         self.classes, self.ignore_indices = classes, ignore_indices
+        self.resume = resume
         self.confusion = confusion_metric(net.num_classes)
         self.last_metrics: dict | None = None
+        #: optimizer hyperparameters and scheduler state of the new plan, re-applied after Lightning restores
+        #: the checkpoint's (see on_train_start)
+        self._new_plan: tuple[list[dict], dict | None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -92,11 +107,52 @@ class SegmentationModule(L.LightningModule):
         self.log("accuracy", metrics["accuracy"], sync_dist=True)
         self.log("miou", metrics["miou"], sync_dist=True)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Read back by UnetClassifier._check_resume to name what does not match (plain values: weights_only).
+        checkpoint["landcover"] = {"backbone": self.net.backbone, "bands": int(self.net.in_channels),
+                                   "classes": [int(c.value) for c in self.classes]}
+
     def configure_optimizers(self):
         groups = [{"params": params, "lr": lr} for params, lr in zip(self.net.layer_groups(), self.lrs, strict=True)]
         optimizer = torch.optim.AdamW(groups, lr=self.lrs[-1], weight_decay=WEIGHT_DECAY)
+        resume, self._new_plan = self.resume, None
         if not self.one_cycle:
+            if resume is not None:  # the given rate, not the one the checkpoint's optimizer ended with
+                self._new_plan = (_hyperparameters(optimizer), None)
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        restart = False
+        if resume is not None:
+            epochs, done = int(self.trainer.max_epochs or 0), int(resume["epochs_done"])
+            if epochs > done:  # the steps this run has left to take
+                total = max(1, math.ceil(total * (epochs - done) / epochs))
+            # The checkpoint's schedule goes on only if it ends with this run, at the same rates (OneCycleLR
+            # raises past its last step). Otherwise (e.g. more epochs): a whole one-cycle over the steps left.
+            restart = not (resume.get("steps_left") == total and _same_rates(resume.get("max_lrs"), self.lrs))
+            if restart and self.trainer.is_global_zero:
+                print(f"resuming after epoch {done - 1}: a new one-cycle learning-rate schedule over the "
+                      f"{max(epochs - done, 0)} remaining epoch(s)", flush=True)
         scheduler = OneCycleLR(optimizer, max_lr=self.lrs, total_steps=total, pct_start=0.3)
+        if restart:
+            self._new_plan = (_hyperparameters(optimizer), copy.deepcopy(scheduler.state_dict()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # Lightning has restored the checkpoint's optimizer (moments and hyperparameters) and schedule by now;
+        # a new plan keeps the moments and puts back its own rates and schedule before the first step.
+        if self._new_plan is None:
+            return
+        groups, schedule = self._new_plan
+        for group, values in zip(self.trainer.optimizers[0].param_groups, groups, strict=True):
+            group.update(copy.deepcopy(values))
+        if schedule is not None:
+            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(copy.deepcopy(schedule))
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    return [copy.deepcopy({k: v for k, v in g.items() if k != "params"}) for g in optimizer.param_groups]
+
+
+def _same_rates(a: list[float] | None, b: list[float]) -> bool:
+    return a is not None and len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9)
+                                                      for x, y in zip(a, b, strict=True))
