@@ -492,7 +492,7 @@ def test_cli_system_errors_and_interrupts_are_one_line(raster, tmp_path, capsys,
     import landcover.classify as classify_mod
 
     path, _ = raster
-    for exc, code, words in [(OSError(errno.EACCES, "Permission denied", "/data/x.tif"), 1,
+    for exc, code, words in [(OSError(errno.EACCES, "Permission denied", "/data/x.tif"), 2,
                               "error: /data/x.tif: Permission denied"),
                              (KeyboardInterrupt(), 130, "interrupted; rerun with --resume")]:
         def fail(*_a, _exc=exc, **_k):

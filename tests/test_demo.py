@@ -50,3 +50,11 @@ def test_notebook_executes_in_quick_mode(tmp_path, monkeypatch):
     assert (tmp_path / "nb" / "classified.tif").exists() and (tmp_path / "nb" / "map.html").exists()
     text = "".join(o.get("text", "") for o in outputs)
     assert "overall accuracy" in text
+
+
+def test_demo_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "small.tif"
+    blocker.write_text("x")
+    assert main(["demo", "--quick", "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; give --out a folder" in err and len(err.strip().splitlines()) == 1

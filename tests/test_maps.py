@@ -83,6 +83,12 @@ def test_bad_map_input(tmp_path, scene):
         render_map(classified, out=tmp_path / "m.jpg")
     assert main(["map", "--classified", str(classified), "--imagery", str(imagery), "--bands", "1", "2",
                  "--out", str(tmp_path / "m.png")]) == 2
+    elsewhere = write_raster(tmp_path / "far.tif", np.full((3, 20, 20), 9, np.uint8),
+                             transform=from_origin(600000.0, 4300000.0, 0.5, 0.5))
+    with pytest.raises(LandcoverError, match="no pixels over the classified raster"):
+        render_map(classified, imagery=elsewhere, out=tmp_path / "far.png")
+    assert main(["map", "--classified", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.png")]) == 2
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_html_is_self_contained(tmp_path, scene):

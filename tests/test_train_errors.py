@@ -294,3 +294,16 @@ def test_help_says_where_checkpoints_go(capsys):
         cli_main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "models/checkpoints" in text and "last.ckpt" in text and "--overwrite" in text
+
+
+def test_api_mistakes_of_a_notebook_user_are_one_line(first_run, tmp_path):
+    chips, data, _ = first_run
+    with pytest.raises(LandcoverError, match=r"UnetClassifier\(prepare_data\("):
+        UnetClassifier(str(chips))  # the folder instead of prepare_data(folder)
+    model = UnetClassifier(data, backbone="resnet18")
+    with pytest.raises(LandcoverError, match="give the model a name"):
+        model.save("")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(LandcoverError, match="not writable"):
+        model.save(blocker / "m")  # its parent is a file

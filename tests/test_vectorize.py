@@ -94,6 +94,16 @@ def test_bad_input(tmp_path, capsys):
     assert main(["vectorize", str(ok), "--out", str(tmp_path / "x.shp")]) == 2
     assert "GeoPackage" in capsys.readouterr().err
     assert not (tmp_path / "e.gpkg").exists()
+    for bad in ("1e12", "nan", "inf"):  # larger than the raster, not a number: one line each
+        assert main(["vectorize", str(ok), "--out", str(tmp_path / "m.gpkg"), "--min-area", bad]) == 2
+        assert "--min-area" in capsys.readouterr().err
+    halves = write_raster(tmp_path / "f.tif", np.full((5, 5), 1.5, np.float32), transform=T)
+    with pytest.raises(LandcoverError, match="1.5 is not an integer"):  # rounding would merge classes
+        vectorize(halves, tmp_path / "f.gpkg")
+    no_crs = write_raster(tmp_path / "n.tif", np.ones((5, 5), np.uint8), crs=None, transform=T)
+    with pytest.raises(LandcoverError, match="no CRS"):
+        vectorize(no_crs, tmp_path / "n.gpkg")
+    assert not list(tmp_path.glob("*.gpkg"))
 
 
 def test_cli(tmp_path, capsys):
@@ -118,5 +128,5 @@ def test_geographic_minimum_unit_is_in_square_metres(tmp_path):
     assert 60 < one < 64  # m²
     assert min_area_pixels(10.5 * one, grid) == 11 and min_area_pixels(10 * one, grid) == 10
     assert min_area_pixels(None, grid) == 1 and min_area_pixels(0, grid) == 1
-    with pytest.raises(LandcoverError, match="must be >= 0"):
+    with pytest.raises(LandcoverError, match="must be a number >= 0"):
         min_area_pixels(-5, grid)

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .areas import PixelAreas, as_class_values, class_mask, strips
+from .areas import (
+    PixelAreas,
+    as_class_values,
+    check_class_values,
+    check_classified,
+    class_mask,
+    read_band,
+    strips,
+)
 from .classes import read_class_table
 from .errors import LandcoverError
 from .raster import Grid, atomic_output, check_writable_dir, open_raster
@@ -44,12 +52,16 @@ def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") ->
     ``min_area`` is in CRS units² for projected CRSs; for a geographic CRS it is in m², converted with the
     geodesic area of a pixel in the raster's middle row.
     """
-    if min_area is None or min_area <= 0:
-        if min_area is not None and min_area < 0:
-            raise LandcoverError(f"--min-area {min_area}: must be >= 0")
+    if min_area is not None and not (math.isfinite(min_area) and min_area >= 0):
+        raise LandcoverError(f"--min-area {min_area}: must be a number >= 0")
+    if min_area is None or min_area == 0:
         return 1
     pixel = PixelAreas(grid, what).mean()
-    return max(1, math.ceil(min_area / pixel - 1e-9))
+    pixels = max(1, math.ceil(min_area / pixel - 1e-9))
+    if pixels >= grid.width * grid.height:  # GDAL's sieve needs patches smaller than the raster
+        raise LandcoverError(f"--min-area {min_area:g}: not smaller than the whole raster "
+                             f"({grid.width * grid.height * pixel:g}); give a smaller minimum mapping unit")
+    return pixels
 
 
 def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float | None = None,
@@ -78,8 +90,10 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
     path = str(raster)
     names = {c.value: c.name for c in read_class_table(path)}
     with open_raster(path, "classified raster") as ds:
-        if ds.count != 1:
-            raise LandcoverError(f"{path}: a classified raster has one band, this one has {ds.count}")
+        check_classified(ds, path)
+        if ds.crs is None:
+            raise LandcoverError(f"{path}: the raster has no CRS, so its polygons would have none; assign one "
+                                 "(gdal_edit -a_srs EPSG:...)")
         grid = Grid.of(ds)
         min_pixels = min_area_pixels(min_area, grid, path)
         dtype = ds.dtypes[0] if ds.dtypes[0] in _GDAL_INT_TYPES else "int32"
@@ -125,8 +139,9 @@ def _copy_classes(ds, dest: np.memmap) -> bool:
     """Copy the class values into ``dest`` with every kind of no data as 0; True if any pixel has a class."""
     found = False
     for win in strips(ds.width, ds.height):
-        data = ds.read(1, window=win)
+        data = read_band(ds, win, ds.name)
         valid = class_mask(data, ds.nodata)
+        check_class_values(data, valid, ds.name)
         block = np.where(valid, as_class_values(data), 0)
         if block.dtype != dest.dtype:
             info = np.iinfo(dest.dtype)

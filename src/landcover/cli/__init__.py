@@ -2,7 +2,7 @@
 
 Each module in :data:`COMMANDS` defines ``register(subparsers)``, which adds its subcommand(s) and sets
 ``func(args) -> int`` on the parser. User errors (:class:`~landcover.errors.LandcoverError`) and bad usage
-print one line on stderr and exit with code 2; errors of the system (disk full, permissions) one line and 1.
+print one line on stderr and exit with code 2, as do errors of the system (disk full, permissions).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if hint and args.command == "classify":
             hint += ", then rerun with --resume"
         print(f"landcover {args.command}: error: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         resume = "; rerun with --resume to continue" if args.command in RESUMABLE else ""
         print(f"landcover {args.command}: interrupted{resume}", file=sys.stderr)

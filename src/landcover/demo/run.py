@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LandcoverError
+from ..raster import check_writable_dir
 from .report import Report
 from .scene import make_scene, write_preview
 
@@ -70,7 +71,9 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     )
 
     out = Path(out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise LandcoverError(f"{out}: is a file; give --out a folder for the demo's outputs")
+    check_writable_dir(out)
     if (out / "report.html").exists() and any((out / d).exists() for d in ("chips", "model")):
         raise LandcoverError(f"{out}: holds an earlier demo run; give another --out or remove it")
     cfg = DemoSettings.for_mode(quick)

@@ -16,7 +16,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from ..areas import class_mask
+from ..areas import check_class_values, check_classified, class_mask
 from ..classes import ClassInfo, generated_color, read_class_table
 from ..errors import LandcoverError
 from ..raster import Grid, open_imagery, open_raster
@@ -96,14 +96,14 @@ def read_classes(path: str, max_size: int) -> ClassLayer:
 
     Classes listed are the values present on the display grid, named from the raster's class table.
     """
-    table = {c.value: c for c in read_class_table(path)}
     with open_raster(path, "classified raster") as ds:
-        if ds.count != 1:
-            raise LandcoverError(f"{path}: a classified raster has one band, this one has {ds.count}")
+        table = {c.value: c for c in read_class_table(path)}
+        check_classified(ds, path)
         source = Grid.of(ds)
         grid = display_grid(source, max_size)
         data = ds.read(1, out_shape=(grid.height, grid.width), resampling=Resampling.nearest)
         valid = class_mask(data, ds.nodata)
+        check_class_values(data, valid, path)
     values = np.unique(data[valid]).astype(np.int64)
     if values.size > 255:
         raise LandcoverError(f"{path}: more than 255 distinct classes; is this a classified raster?")
@@ -146,6 +146,10 @@ def read_imagery(paths, bands: list[int] | None, extent: Grid, max_size: int,
                                  f"{ds.count} band(s), numbered from 1")
         grid = _imagery_grid(ds, extent, max_size)
         data, valid = read_onto(ds, bands, grid, Resampling.bilinear)
+        if not valid.any():
+            raise LandcoverError(f"{name}: the imagery has no pixels over the classified raster (they do not "
+                                 "overlap, or it is all nodata there); give imagery of the same area, or leave out "
+                                 "--imagery")
     stretched = percent_clip(data, valid, clip)
     rgb = np.repeat(stretched, 3, axis=0) if len(bands) == 1 else stretched
     return ImageryLayer(grid, np.moveaxis(rgb, 0, -1), valid, bands)

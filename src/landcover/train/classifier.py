@@ -21,6 +21,7 @@ from ..classes import ClassInfo
 from ..errors import LandcoverError
 from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
+from ..raster import check_writable_dir
 from .figures import loss_figure, lr_figure, results_figure
 from .losses import SegmentationLoss, class_weights
 from .lr_find import lr_range_test, suggest_lr
@@ -55,6 +56,9 @@ class UnetClassifier:
         if data is None:
             raise LandcoverError("UnetClassifier needs data from prepare_data(); to load a saved model use "
                                  "UnetClassifier.from_model(path)")
+        if isinstance(data, (str, os.PathLike)):
+            raise LandcoverError(f"UnetClassifier({str(data)!r}): give it the data, not its folder: "
+                                 f"UnetClassifier(prepare_data({str(data)!r}))")
         if not 0.0 <= float(dice_loss_fraction) <= 1.0:
             raise LandcoverError(f"dice_loss_fraction={dice_loss_fraction}: give a fraction between 0 and 1")
         self.data: ClassifiedTilesData | None = data
@@ -520,8 +524,11 @@ class UnetClassifier:
         return folder
 
     def _package_folder(self, name_or_path: str | os.PathLike) -> Path:
+        if not str(name_or_path).strip():
+            raise LandcoverError("save(''): give the model a name, e.g. save('unet34')")
         path = Path(name_or_path)
         if path.is_absolute() or len(path.parts) > 1:
+            check_writable_dir(path.parent)
             return path
         if self.data is not None:
             base = self.data.working_dir
