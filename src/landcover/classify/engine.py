@@ -566,7 +566,8 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
         classes = np.stack([c if c is not None else decoder.classes(y) for y, c in outs])
         return classes, calibration.shape[0] * calibration.shape[2] * calibration.shape[3] / dt / 1e6
 
-    reference, ref_mps = timed(build_engine("fp32", pkg, decoder, model=model))
+    engines = {"fp32": build_engine("fp32", pkg, decoder, model=model)}  # those that agree, timed again below
+    reference, ref_mps = timed(engines["fp32"])
     results["fp32"] = {"mps": ref_mps, "agreement": 1.0}
     say(f"backend fp32: {ref_mps:.2f} MP/s (reference)")
     artifacts: dict[str, str | None] = {}
@@ -585,6 +586,15 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
         agree = float((classes == reference)[valid].mean()) if valid.any() else 1.0
         results[name] = {"mps": mps, "agreement": agree}
         say(f"backend {name}: {mps:.2f} MP/s, agreement with fp32 {agree:.4%}")
+        if agree >= MIN_AGREEMENT:
+            engines[name] = engine
+    # A second round over the candidates that agree, each keeping its better time: the machine's speed drifts
+    # (here by 10-20 % within minutes, and once a compiled model timed at 60 % of its speed right after being
+    # built), and one slow moment must not decide a choice that is cached for good.
+    if len(engines) > 1:
+        for name, engine in engines.items():
+            results[name]["mps"] = max(results[name]["mps"], timed(engine)[1])
+        say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in engines) + " MP/s")
     ok = {n: r for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT}
     best = max(ok, key=lambda n: ok[n]["mps"])
     return {"backend": best, "artifact": artifacts.get(best), "results": results}
