@@ -20,7 +20,7 @@ from rasterio.windows import Window
 
 from .classes import read_class_table
 from .errors import LandcoverError
-from .raster import Grid, atomic_output, open_raster
+from .raster import Grid, atomic_output, open_raster, pixel_errors
 
 #: Pixels per strip read at once (about 8 MB per int64 work array); larger strips were no faster.
 STRIP_PIXELS = 1 << 20
@@ -45,15 +45,8 @@ def class_mask(data: np.ndarray, nodata) -> np.ndarray:
 
 def read_band(ds, window: Window, path: str) -> np.ndarray:
     """Band 1 of ``window``; a file whose pixels cannot be read (truncated, corrupt) is one line naming it."""
-    from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio.errors does not re-export them)
-    from rasterio.errors import RasterioIOError
-
-    try:
+    with pixel_errors(path):
         return ds.read(1, window=window)
-    except (RasterioIOError, CPLE_BaseError) as exc:
-        why = str(exc.__cause__ or exc).splitlines()[0]
-        raise LandcoverError(f"{path}: cannot read its pixels ({why}); the file may be truncated or corrupt "
-                             "(check it with gdalinfo -checksum)") from None
 
 
 def check_classified(ds, path: str, what: str = "classified raster") -> None:

@@ -53,6 +53,20 @@ def open_raster(path: str | os.PathLike, what: str = "raster"):
         raise LandcoverError(f"{p}: not a readable {what} ({str(exc).splitlines()[0]})") from None
 
 
+@contextlib.contextmanager
+def pixel_errors(name: str) -> Iterator[None]:
+    """Reading pixels of ``name``: GDAL's read errors (a truncated or corrupt file, whose header opens but whose
+    pixels do not) become one line naming the file."""
+    try:
+        yield
+    except (RasterioIOError, CPLE_BaseError) as exc:
+        # GDAL's own words are in the cause ("IReadBlock failed at X offset 0, Y offset 12"); rasterio's say
+        # "see previous exception".
+        why = str(exc.__cause__ or exc).splitlines()[0]
+        raise LandcoverError(f"{name}: cannot read its pixels ({why}); the file may be truncated or corrupt "
+                             "(check it with gdalinfo -checksum)") from None
+
+
 @dataclass(frozen=True)
 class Grid:
     """A raster grid: CRS, affine transform and size in pixels (GDAL's geotransform plus dimensions)."""
@@ -194,15 +208,8 @@ class GridReader:
 
         Pixels outside the grid, or nodata in every band (GDAL's dataset mask), are invalid and set to ``fill``.
         """
-        try:
+        with pixel_errors(self.ds.name if not self.ds.name.lstrip().startswith("<") else "imagery"):
             return self._read(window, fill, masked)
-        except (RasterioIOError, CPLE_BaseError) as exc:
-            # e.g. a truncated or corrupt file: its header opens, its pixels do not. GDAL's own words are in
-            # the cause ("IReadBlock failed at X offset 0, Y offset 12"); rasterio's say "see previous exception".
-            name = self.ds.name if not self.ds.name.lstrip().startswith("<") else "imagery"
-            why = str(exc.__cause__ or exc).splitlines()[0]
-            raise LandcoverError(f"{name}: cannot read its pixels ({why}); the file may be truncated or corrupt "
-                                 "(check it with gdalinfo -checksum)") from None
 
     def _read(self, window: Window, fill: float, masked: bool):
         h, w = int(window.height), int(window.width)
