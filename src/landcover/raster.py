@@ -53,6 +53,12 @@ def open_raster(path: str | os.PathLike, what: str = "raster"):
         raise LandcoverError(f"{p}: not a readable {what} ({str(exc).splitlines()[0]})") from None
 
 
+def require_crs(ds, name: str) -> None:
+    """Imagery must be georeferenced: its outputs (chips, classified rasters) carry its CRS."""
+    if ds.crs is None:
+        raise LandcoverError(f"{name}: imagery has no CRS; assign one (gdal_edit -a_srs EPSG:...)")
+
+
 @contextlib.contextmanager
 def pixel_errors(name: str) -> Iterator[None]:
     """Reading pixels of ``name``: GDAL's read errors (a truncated or corrupt file, whose header opens but whose

@@ -22,7 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 from ..errors import LandcoverError
-from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, target_grid
+from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, require_crs, target_grid
 from .blend import ClassDecoder
 from .blocks import Job, done_path, normalize_tile, run_block
 from .engine import (
@@ -228,8 +228,7 @@ def _same_file(a: Path, b: str) -> bool:
 
 def _check_imagery(ds, pkg, name: str) -> None:
     """The raster must be georeferenced and have the bands and the pixel type the model was trained on."""
-    if ds.crs is None:
-        raise LandcoverError(f"{name}: imagery has no CRS; assign one (gdal_edit -a_srs EPSG:...)")
+    require_crs(ds, name)
     need = max(pkg.extract_bands) + 1
     if ds.count < need:
         raise LandcoverError(

@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:  # the disk is full, a file vanished, a permission: the system's words suffice
         where = f"{exc.filename}: " if exc.filename else ""
+        # (classify says itself whether --resume then continues: only it knows whether finished blocks are kept)
         hint = "; free some space" if exc.errno == errno.ENOSPC else ""
-        if hint and args.command == "classify":
-            hint += ", then rerun with --resume"
         print(f"landcover {args.command}: error: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -28,7 +28,16 @@ from rasterio.windows import Window
 
 from ..classes import ClassInfo, generated_color, load_classes_json
 from ..errors import LandcoverError
-from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, iter_windows, open_imagery, target_grid
+from ..raster import (
+    GDAL_ENV,
+    Grid,
+    GridReader,
+    check_writable_dir,
+    iter_windows,
+    open_imagery,
+    require_crs,
+    target_grid,
+)
 from .chips import ESRI_FORMAT_NAMES, FORMAT_ALIASES, FORMATS, ChipWriter, chip_paths
 from .labels import open_labels
 from .metadata import ExportMetadata, cell_size_entry, chip_indices, holds_export, read_export
@@ -206,8 +215,7 @@ def _previous_export(out: Path, start_index: int | None) -> ExportMetadata | Non
 
 
 def _check_imagery(img, name: str, fmt: str) -> None:
-    if img.crs is None:
-        raise LandcoverError(f"{name}: imagery has no CRS; assign one (gdal_edit -a_srs EPSG:...)")
+    require_crs(img, name)
     if fmt in ("png", "jpg"):
         label = {"png": "PNG", "jpg": "JPEG"}[fmt]
         if img.count not in (1, 3):
