@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--all-tiles", action="store_true", help="also export chips without labelled pixels")
     p.add_argument("--start-index", type=int, metavar="N",
                    help="first chip index; appends to an export already in --out and merges its statistics")
+    p.add_argument("--metadata-format", metavar="FORMAT",
+                   help="ArcGIS's metadata format keyword; only Classified_Tiles (the default) is written")
     p.add_argument("--workers", type=int, metavar="N", help="chip-writing threads (default: up to 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes, tile_size=args.tile_size, stride=args.stride, chip_format=args.format,
         cell_size=args.cell_size, extent=args.extent, extent_crs=args.extent_crs, all_tiles=args.all_tiles,
         start_index=args.start_index, resampling=args.resampling, workers=args.workers, progress=not args.quiet,
+        metadata_format=args.metadata_format,
     )
     print(summary)
     return 0

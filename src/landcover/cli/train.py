@@ -57,7 +57,8 @@ fraction = _number(float, 0.0, 1.0, what="a fraction from 0 to 1")
 API_FLAGS = {"val_split_pct": "--val-split", "batch_size": "--batch-size", "chip_size": "--chip-size",
              "num_workers": "--num-workers", "epochs": "--epochs", "lr": "--lr", "monitor": "--monitor",
              "dice_loss_fraction": "--dice-loss-fraction", "ignore_classes": "--ignore-classes",
-             "backbone": "--backbone", "pretrained_path": "--pretrained", "num_steps": "--steps"}
+             "backbone": "--backbone", "pretrained_path": "--pretrained", "num_steps": "--steps",
+             "norm_pct": "--norm-pct"}
 _API_NAME = re.compile(r"(?<![\w./\\-])(" + "|".join(API_FLAGS) + r")(=|: )('([^']*)')?")
 
 
@@ -84,11 +85,22 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=open_fraction, default=0.1, help="fraction of chips held out (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
     p.add_argument("--num-workers", type=non_negative_int, help="DataLoader worker processes (default: 0 on CPU)")
+    p.add_argument("--extract-bands", type=positive_int, nargs="+", metavar="B", help="chip bands to train on, "
+                   "from 1, in order (e.g. 4 1 2 for NIR, red, green of a 4-band export; default all); the model "
+                   "then reads these bands of the imagery it classifies")
+    p.add_argument("--stratify", action="store_true", help="split training/validation by the classes in each chip, "
+                   "so rare classes are validated too (default: a random split)")
+    p.add_argument("--norm-pct", type=fraction, metavar="F", help="fraction of training chips read for the band "
+                   "statistics when the export has none (default: at most 256 chips; all below 300 chips)")
     p.add_argument("--pretrained", metavar="PATH_OR_URL", help="ImageNet ResNet weights (torchvision/timm, "
                    ".pth or .safetensors, file or URL) or a saved landcover model to start from")
     p.add_argument("--class-balancing", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--focal-loss", action="store_true", help="focal cross-entropy (gamma 2)")
     p.add_argument("--dice-loss-fraction", type=fraction, default=0.0, help="mix in a Dice loss (0..1)")
+    p.add_argument("--dice-loss-average", choices=["micro", "macro"], default="micro",
+                   help="Dice over all labelled pixels (micro, default) or the mean of per-class Dice (macro)")
+    p.add_argument("--mixup", action="store_true", help="mixup augmentation: train on pairs of chips blended "
+                   "with Beta(0.4, 0.4) weights, the loss blended to match")
     p.add_argument("--ignore-classes", type=int, nargs="+", default=[], metavar="V",
                    help="class values that incur no loss (needs more than two classes)")
     p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: "
@@ -120,6 +132,10 @@ def register(sub) -> None:
                        "models/checkpoints/<date>_<time>/, with the same data, --backbone and bands: with the "
                        "run's own --epochs it goes on as it would have, with more a new one-cycle runs over the "
                        "added epochs; without --lr it keeps the checkpoint's rates")
+    train.add_argument("--tensorboard", action="store_true", help="log losses, metrics and learning rates for "
+                       "TensorBoard under <first DATA folder>/training_log/<date>_<time>/ (as arcgis.learn; "
+                       "<parent of MODEL_DIR>/training_log if DATA is read-only); view with tensorboard --logdir "
+                       "DATA/training_log; needs pip install tensorboard")
     train.add_argument("--devices", type=parse_devices, default="auto", help="GPUs/processes (default auto)")
     train.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP (default 1)")
     train.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
@@ -137,12 +153,24 @@ def _prepare(args, working_dir: Path):
     from ..data import prepare_data
     from ..train import UnetClassifier
 
-    data = prepare_data(args.data, batch_size=args.batch_size, chip_size=args.chip_size,
-                        val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
-                        working_dir=working_dir)
+    bands = [b - 1 for b in args.extract_bands] if args.extract_bands else None
+    try:
+        data = prepare_data(args.data, batch_size=args.batch_size, chip_size=args.chip_size,
+                            val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
+                            working_dir=working_dir, extract_bands=bands, stratify=args.stratify,
+                            norm_pct=args.norm_pct)
+    except LandcoverError as exc:
+        # The API counts bands from 0, the CLI (as GDAL) from 1.
+        chips = re.search(r"the chips have (\d+) band", str(exc))
+        if not (str(exc).startswith("extract_bands=") and chips):
+            raise
+        n = int(chips[1])
+        raise LandcoverError(f"--extract-bands {' '.join(map(str, args.extract_bands))}: give distinct bands "
+                             f"from 1 to {n} (the chips have {n} band{'s' if n != 1 else ''})") from None
     model = UnetClassifier(data, backbone=args.backbone, pretrained_path=args.pretrained,
                            class_balancing=args.class_balancing, focal_loss=args.focal_loss,
-                           dice_loss_fraction=args.dice_loss_fraction, ignore_classes=args.ignore_classes)
+                           dice_loss_fraction=args.dice_loss_fraction, ignore_classes=args.ignore_classes,
+                           mixup=args.mixup, dice_loss_average=args.dice_loss_average)
     return data, model
 
 
@@ -181,8 +209,8 @@ def run_train(args) -> int:
     data, model = _prepare(args, out.parent)
     print(data, flush=True)
     model.fit(args.epochs, lr=args.lr, one_cycle=not args.constant_lr, early_stopping=args.early_stopping,
-              monitor=args.monitor, resume=args.resume, devices=args.devices, num_nodes=args.num_nodes,
-              strategy=args.strategy, precision=args.precision)
+              monitor=args.monitor, tensorboard=args.tensorboard, resume=args.resume, devices=args.devices,
+              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision)
     if not model.is_main_process:
         return 0
     with tempfile.TemporaryDirectory(prefix="landcover-train-") as tmp:
@@ -195,6 +223,8 @@ def run_train(args) -> int:
         print(f"best checkpoint: {model.checkpoint_path}")
     if model.last_checkpoint:
         print(f"last checkpoint (to go on with --resume; delete its folder when done): {model.last_checkpoint}")
+    if model.tensorboard_dir:
+        print(f"TensorBoard logs: {model.tensorboard_dir} (tensorboard --logdir {model.tensorboard_dir.parent})")
     print(f"model package: {folder} ({folder.name}.emd, {folder.name}.dlpk)")
     return 0
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -19,11 +20,19 @@ from torch.utils.data import DataLoader
 from ..classes import ClassInfo, generated_classes
 from ..errors import LandcoverError
 from .loader import ChipDataset, read_chip, read_label
+from .show import rgb_band_indices
 from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
 from .transforms import Augment, Transform
 
-#: chips sampled to compute normalization statistics when the export has none
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: chips sampled to compute normalization statistics when the export has none (and no ``norm_pct`` is given)
 NORM_SAMPLE_CHIPS = 256
+#: with ``norm_pct``, fewer training chips than this are all read (arcgis.learn forces norm_pct to 1 below 300)
+NORM_PCT_ALL_BELOW = 300
+#: the one dataset type (export metadata format) a pixel classifier trains on
+DATASET_TYPE = "Classified_Tiles"
 
 
 @dataclass(frozen=True)
@@ -43,18 +52,25 @@ class ClassifiedTilesData:
 
     Attributes: ``classes`` (list of :class:`~landcover.classes.ClassInfo`, sorted by value; model index
     ``i + 1`` is ``classes[i]``, index 0 is no data), ``c`` (model output channels = classes + 1),
-    ``band_names``, ``mean``/``std`` (per band, raw pixel units), ``chip_size`` (training crop), ``cell_size``,
-    ``crs_wkt``, ``input_dtype``, ``nodata``, ``class_pixel_counts`` (value → labelled pixels),
-    ``train_ds``/``valid_ds`` and ``train_dl``/``valid_dl``.
+    ``band_names``, ``mean``/``std`` (per model input band, raw pixel units), ``extract_bands`` (0-based
+    indices of the chip bands fed to the model, in order: the package's ``ExtractBands``), ``chip_band_names``
+    (all the chip bands), ``rgb_bands`` (indices into ``band_names`` shown as R, G, B), ``chip_size``
+    (training crop), ``cell_size``, ``crs_wkt``, ``input_dtype``, ``nodata``, ``class_pixel_counts``
+    (value → labelled pixels), ``train_ds``/``valid_ds`` and ``train_dl``/``valid_dl``.
     """
 
     def __init__(self, *, paths: list[Path], classes: list[ClassInfo], band_names: list[str], mean: np.ndarray,
                  std: np.ndarray, chip_size: int, export_chip_size: tuple[int, int], input_dtype: str,
                  nodata: float | None, cell_size: tuple[float, float] | None, crs_wkt: str | None,
                  class_pixel_counts: dict[int, int], train_ds: ChipDataset, valid_ds: ChipDataset,
-                 batch_size: int, num_workers: int, seed: int, working_dir: Path):
+                 batch_size: int, num_workers: int, seed: int, working_dir: Path,
+                 extract_bands: list[int] | None = None, chip_band_names: list[str] | None = None,
+                 rgb_bands: list[int] | None = None):
         self.paths, self.path = paths, paths[0]
         self.classes, self.band_names = classes, band_names
+        self.extract_bands = list(extract_bands) if extract_bands is not None else list(range(len(band_names)))
+        self.chip_band_names = list(chip_band_names) if chip_band_names is not None else list(band_names)
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else rgb_band_indices(band_names)
         self.mean, self.std = mean, std
         self.chip_size, self.export_chip_size = chip_size, export_chip_size
         self.input_dtype, self.nodata = input_dtype, nodata
@@ -87,22 +103,39 @@ class ClassifiedTilesData:
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
-    def show_batch(self, rows: int = 3, alpha: float = 0.7, ncols: int = 3):
-        """Training chips (augmented as the model sees them) with their labels overlaid in the class colours."""
+    def show_batch(self, rows: int = 3, alpha: float = 0.7, ncols: int = 3, *,
+                   rgb_bands: Sequence[int] | None = None, data_loader: str = "training",
+                   imsize: float | None = None) -> Figure:
+        """Random chips with their labels overlaid in the class colours (no data transparent) and a legend.
+
+        ``rows`` x ``ncols`` panels (fewer when there are fewer chips); ``alpha``: opacity of the labels, 0..1.
+        ``rgb_bands``: 3 indices into :attr:`band_names` (the extracted bands) shown as R, G, B for this call
+        (default :attr:`rgb_bands`). ``data_loader``: ``"training"`` (chips cropped and augmented as the model
+        sees them) or ``"validation"`` (whole validation chips, unaugmented). ``imsize``: inches per panel
+        (default 3; arcgis.learn's is 5).
+        """
         from .show import show_batch
 
-        return show_batch(self, rows=rows, alpha=alpha, ncols=ncols)
+        return show_batch(self, rows=rows, alpha=alpha, ncols=ncols, rgb_bands=rgb_bands,
+                          data_loader=data_loader, imsize=imsize)
 
     def __repr__(self) -> str:
         names = ", ".join(f"{c.value}:{c.name}" for c in self.classes)
+        if self.extract_bands != list(range(len(self.chip_band_names))):
+            bands = (f"{len(self.band_names)} of {len(self.chip_band_names)} bands {self.band_names} "
+                     f"(extract_bands={self.extract_bands})")
+        else:
+            bands = f"{len(self.band_names)} bands {self.band_names}"
         return (f"ClassifiedTilesData({len(self.train_ds)} training + {len(self.valid_ds)} validation chips, "
-                f"{len(self.band_names)} bands {self.band_names}, chip_size={self.chip_size}, classes [{names}])")
+                f"{bands}, chip_size={self.chip_size}, classes [{names}])")
 
 
 def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 16,
                  chip_size: int | None = None, val_split_pct: float = 0.1, seed: int = 42,
                  class_mapping: Mapping[int, str] | None = None, transforms: Transform | bool | None = None,
-                 num_workers: int | None = None, working_dir: str | os.PathLike | None = None
+                 num_workers: int | None = None, working_dir: str | os.PathLike | None = None,
+                 extract_bands: Sequence[int] | None = None, rgb_bands: Sequence[int] | None = None,
+                 norm_pct: float | None = None, stratify: bool = False, dataset_type: str | None = None,
                  ) -> ClassifiedTilesData:
     """Read one or more Classified Tiles folders (``landcover export`` or ArcGIS Pro) into training data.
 
@@ -116,7 +149,22 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     ``num_workers``: DataLoader worker processes (default: 0 on a CPU, where workers compete with the model
     for cores; half the cores, at most 8, when a GPU trains). ``working_dir``: where ``models/`` goes (default:
     the parent of the first folder, as in arcgis.learn).
+
+    The arcgis.learn keyword arguments of pixel classification:
+
+    ``extract_bands``: 0-based indices of the chip bands to train on, in order (e.g. ``[3, 0, 1]`` from a
+    4-band NAIP export: NIR, red, green); default all. ``band_names``, ``mean`` and ``std`` then describe only
+    these bands, and a saved model reads these bands of the imagery it classifies (its ``ExtractBands``).
+    ``rgb_bands``: 3 0-based indices **into the extracted bands** (``band_names``) that :meth:`show_batch`
+    shows as R, G, B; default: the bands named red, green, blue, else the first three.
+    ``norm_pct``: the fraction of training chips, in (0, 1], read to compute the normalization statistics when
+    the export has none (all chips when there are fewer than 300, as in arcgis.learn); default: at most 256
+    chips. ``stratify``: split by the set of class values in each chip, so each such set — and every class in
+    at least 2 chips — is represented in both training and validation where possible (default: a random
+    split); both are reproducible for a ``seed``. ``dataset_type``: None (taken from the export) or
+    ``"Classified_Tiles"``, the only type a pixel classifier trains on.
     """
+    _check_dataset_type(dataset_type)
     paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     if not paths:
         raise LandcoverError("prepare_data: give at least one training data folder")
@@ -124,6 +172,10 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         raise LandcoverError(f"val_split_pct={val_split_pct}: give a fraction between 0 and 1 (e.g. 0.1)")
     if int(batch_size) < 1:
         raise LandcoverError(f"batch_size={batch_size}: give a positive number of chips per batch")
+    pct = _check_norm_pct(norm_pct)
+    if not isinstance(stratify, (bool, np.bool_)):
+        raise LandcoverError(f"stratify={stratify!r}: give True (a split stratified by the classes in each chip) "
+                             "or False (a random split)")
     exports = [read_export(p) for p in paths]
     for e in exports:
         if e.missing_labels:
@@ -136,6 +188,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG/JPEG chips have no georeferencing
         headers = list(pool.map(_header, [img for img, _ in pairs]))
         header = _check_uniform(pairs, headers)
+        bands = _check_extract_bands(extract_bands, header.bands)
         counts = list(pool.map(lambda pair_header: _scan_label(*pair_header), zip(pairs, headers, strict=True)))
     classes = _merge_classes(exports)
     classes = _check_labels(classes, pairs, counts, paths)
@@ -152,20 +205,22 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         raise LandcoverError(f"{paths[0]}: the labels hold a single class ({only}); a pixel classifier needs at "
                              "least two classes — label another class (e.g. background) and export again")
 
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pairs))
     n_valid = max(1, round(len(pairs) * val_split_pct))
     if len(pairs) - n_valid < 1:
         raise LandcoverError(f"{paths[0]}: {len(pairs)} chip(s) cannot be split into training and validation "
                              "sets; export more chips")
-    valid_pairs = [pairs[i] for i in sorted(order[:n_valid])]
-    train_pairs = [pairs[i] for i in sorted(order[n_valid:])]
+    if stratify:
+        valid_set = stratified_split([frozenset(v for v in chip if v != 0) for chip in counts], n_valid, seed)
+    else:
+        valid_set = set(np.random.default_rng(seed).permutation(len(pairs))[:n_valid].tolist())
+    valid_pairs = [pair for i, pair in enumerate(pairs) if i in valid_set]
+    train_pairs = [pair for i, pair in enumerate(pairs) if i not in valid_set]
     if int(batch_size) > len(train_pairs):
         raise LandcoverError(f"batch_size={batch_size} is larger than the {len(train_pairs)} training chips; "
                              "lower the batch size or export more chips")
 
     nodata = next((e.nodata for e in exports if e.nodata is not None), header.nodata)
-    mean, std = _normalization(exports, train_pairs, header, nodata, seed)
+    mean, std = _normalization(exports, train_pairs, header, nodata, seed, bands, pct)
     h, w = header.height, header.width
     size = min(int(chip_size), h, w) if chip_size else min(h, w)
     lut = np.zeros(max(max(c.value for c in classes), max(present)) + 1, dtype=np.int64)
@@ -181,18 +236,151 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         raise LandcoverError(f"transforms={transforms!r}: give None (default augmentation), False or a callable "
                              "(image, label) -> (image, label)")
     crop = size if (size < h or size < w) else None
-    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform)
-    valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata)
+    read_bands = None if bands == list(range(header.bands)) else bands
+    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform, bands=read_bands)
+    valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata, bands=read_bands)
+    chip_names = _band_names(exports, header)
+    names = [chip_names[b] for b in bands]
+    shown = rgb_band_indices(names) if rgb_bands is None else check_rgb_bands(rgb_bands, names)
     cell_size = next((e.cell_size for e in exports if e.cell_size), header.res)
     crs_wkt = next((e.crs_wkt for e in exports if e.crs_wkt), header.crs_wkt)
     return ClassifiedTilesData(
-        paths=paths, classes=classes, band_names=_band_names(exports, header), mean=mean, std=std,
+        paths=paths, classes=classes, band_names=names, mean=mean, std=std,
         chip_size=size, export_chip_size=(h, w), input_dtype=header.dtype, nodata=nodata, cell_size=cell_size,
         crs_wkt=crs_wkt, class_pixel_counts={c.value: pixel_counts.get(c.value, 0) for c in classes},
         train_ds=train_ds, valid_ds=valid_ds, batch_size=int(batch_size),
         num_workers=default_num_workers() if num_workers is None else int(num_workers), seed=seed,
         working_dir=Path(working_dir) if working_dir else paths[0].resolve().parent,
+        extract_bands=bands, chip_band_names=chip_names, rgb_bands=shown,
     )
+
+
+def _check_dataset_type(dataset_type: str | None) -> None:
+    if dataset_type is None:
+        return
+    if isinstance(dataset_type, str) and dataset_type.strip().replace(" ", "_").lower() == DATASET_TYPE.lower():
+        return
+    raise LandcoverError(f"dataset_type={dataset_type!r}: landcover trains pixel classifiers on {DATASET_TYPE} "
+                         f"only; give dataset_type=None or {DATASET_TYPE!r} (export with metadata format "
+                         f"{DATASET_TYPE})")
+
+
+def _check_norm_pct(norm_pct: float | None) -> float | None:
+    if norm_pct is None:
+        return None
+    ok = isinstance(norm_pct, (int, float, np.integer, np.floating)) and not isinstance(norm_pct, (bool, np.bool_))
+    if not ok or not math.isfinite(float(norm_pct)) or not 0 < float(norm_pct) <= 1:
+        raise LandcoverError(f"norm_pct={norm_pct!r}: give the fraction of training chips read for the "
+                             "normalization statistics, more than 0 and at most 1 (arcgis.learn uses 0.3)")
+    return float(norm_pct)
+
+
+def norm_sample_size(n_train: int, norm_pct: float | None) -> int:
+    """How many training chips the normalization statistics are computed from (when the export has none)."""
+    if norm_pct is None:
+        return min(NORM_SAMPLE_CHIPS, n_train)
+    if n_train < NORM_PCT_ALL_BELOW:
+        return n_train
+    return max(1, min(n_train, round(norm_pct * n_train)))
+
+
+def band_indices(value: object, n: int, name: str, *, distinct: bool, length: int | None,
+                 hint: str) -> list[int]:
+    """``value`` as a list of 0-based indices into ``n`` bands, or one LandcoverError line saying what is wrong."""
+    items: list | None = None
+    if isinstance(value, (Iterable, np.ndarray)) and not isinstance(value, (str, bytes, Mapping)):
+        items = [int(b) if isinstance(b, np.integer) else b for b in value]
+    shown = f"{name}={items if items is not None else value!r}"
+    tail = f"; {hint}"
+    if items is None:
+        raise LandcoverError(f"{shown}: give a list of 0-based band indices{tail}")
+    if not items:
+        raise LandcoverError(f"{shown}: the list is empty{tail}")
+    out = []
+    for b in items:
+        if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
+            raise LandcoverError(f"{shown}: {b!r} is not a band index (whole numbers, 0-based){tail}")
+        b = int(b)
+        if not 0 <= b < n:
+            raise LandcoverError(f"{shown}: band {b} is out of range{tail}")
+        if distinct and b in out:
+            raise LandcoverError(f"{shown}: band {b} is given twice{tail}")
+        out.append(b)
+    if length is not None and len(out) != length:
+        raise LandcoverError(f"{shown}: {len(out)} indices, not {length}{tail}")
+    return out
+
+
+def _check_extract_bands(extract_bands: Sequence[int] | None, n: int) -> list[int]:
+    if extract_bands is None:
+        return list(range(n))
+    return band_indices(extract_bands, n, "extract_bands", distinct=True, length=None,
+                        hint=f"the chips have {n} band{'s' if n != 1 else ''}: give distinct 0-based indices "
+                        f"0..{n - 1}, e.g. {[n - 1, 0, 1] if n >= 3 else list(range(n))}")
+
+
+def check_rgb_bands(rgb_bands: Sequence[int], band_names: list[str]) -> list[int]:
+    """``rgb_bands`` checked against the (extracted) training bands: 3 indices into ``band_names``."""
+    n = len(band_names)
+    return band_indices(rgb_bands, n, "rgb_bands", distinct=False, length=3,
+                        hint=f"give 3 0-based indices into the {n} training band{'s' if n != 1 else ''} "
+                        f"{band_names} (after extract_bands), e.g. {[2, 1, 0] if n >= 3 else [0, 0, 0]}")
+
+
+def stratified_split(label_sets: list[frozenset[int]], n_valid: int, seed: int) -> set[int]:
+    """Indices of the validation chips of a split stratified by the set of class values in each chip.
+
+    Each set of classes (stratum) gives validation its share of ``n_valid`` (largest remainders, ties broken
+    at random). Then, rarest class first, a class found in at least 2 chips that is missing from validation
+    or from training, or found in a single chip that landed in validation, gets one of its chips moved across,
+    swapped for a chip of the most common stratum whose classes stay represented — where such chips exist.
+    Chips are drawn at random within a stratum; all draws come from ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(label_sets)
+    strata: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(label_sets):
+        strata.setdefault(tuple(sorted(s)), []).append(i)
+    keys = sorted(strata)
+    for k in keys:
+        strata[k] = [strata[k][j] for j in rng.permutation(len(strata[k]))]
+    quota = {k: len(strata[k]) * n_valid / n for k in keys}
+    take = {k: math.floor(quota[k]) for k in keys}
+    ties = rng.random(len(keys))
+    by_remainder = sorted(range(len(keys)), key=lambda j: (-(quota[keys[j]] - take[keys[j]]), ties[j]))
+    for j in by_remainder[: n_valid - sum(take.values())]:
+        take[keys[j]] += 1
+    valid = {i for k in keys for i in strata[k][: take[k]]}
+
+    # Chips in a random order; for swaps back, chips of the most common strata first.
+    position = {i: p for p, i in enumerate(rng.permutation(n).tolist())}
+    size = {i: len(strata[k]) for k in keys for i in strata[k]}
+    random_order = sorted(range(n), key=position.__getitem__)
+    common_first = sorted(range(n), key=lambda i: (-size[i], position[i]))
+    chips_with: dict[int, list[int]] = {}
+    for i in random_order:
+        for c in label_sets[i]:
+            chips_with.setdefault(c, []).append(i)
+
+    def keeps(i: int, side: bool) -> bool:
+        """Whether taking chip i off ``side`` (True = validation) leaves each of its classes there (in
+        validation: the classes of 2+ chips; in training: all)."""
+        return all((side and len(chips_with[c]) < 2) or any(j != i and (j in valid) == side for j in chips_with[c])
+                   for c in label_sets[i])
+
+    for c in sorted(chips_with, key=lambda c: (len(chips_with[c]), c)):
+        chips = chips_with[c]
+        for side in (True, False) if len(chips) >= 2 else (False,):
+            if any((i in valid) == side for i in chips):
+                continue
+            mover = next((i for i in chips if keeps(i, not side)), None)
+            if mover is None:
+                continue
+            valid.symmetric_difference_update({mover})
+            back = next((j for j in common_first if j != mover and (j in valid) == side and keeps(j, side)), None)
+            if back is not None:
+                valid.symmetric_difference_update({back})
+    return valid
 
 
 def default_num_workers() -> int:
@@ -318,37 +506,40 @@ def _band_names(exports: list[ExportFolder], header: _Header) -> list[str]:
 
 
 def _normalization(exports: list[ExportFolder], train_pairs: list[tuple[Path, Path]], header: _Header,
-                   nodata: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std: pooled export statistics when every folder has them, else from the chips."""
+                   nodata: float | None, seed: int, bands: list[int],
+                   norm_pct: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the extracted bands: pooled export statistics when every folder has them, else from
+    the training chips."""
     stats = [e.band_stats for e in exports]
     if all(s is not None and s.mean.size == header.bands for s in stats):
         pooled = stats[0]
         for s in stats[1:]:
             pooled = pooled.merge(s)
-        mean, std = pooled.mean, pooled.std
+        mean, std = pooled.mean[bands], pooled.std[bands]
     else:
-        mean, std = _stats_from_chips(train_pairs, header.bands, nodata, seed)
+        mean, std = _stats_from_chips(train_pairs, bands, nodata, seed,
+                                      norm_sample_size(len(train_pairs), norm_pct))
     # A constant band carries no information; std 1 keeps it finite instead of dividing by zero.
     std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return mean.astype(np.float64), std.astype(np.float64)
 
 
-def _stats_from_chips(pairs: list[tuple[Path, Path]], bands: int, nodata: float | None,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stats_from_chips(pairs: list[tuple[Path, Path]], bands: list[int], nodata: float | None, seed: int,
+                      n_sample: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    sample = [pairs[i] for i in sorted(rng.permutation(len(pairs))[:NORM_SAMPLE_CHIPS])]
+    sample = [pairs[i] for i in sorted(rng.permutation(len(pairs))[:n_sample])]
     total: BandStats | None = None
     for img, _ in sample:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            data, mask = read_chip(img, nodata)
-        pixels = data.reshape(bands, -1).astype(np.float64)
+            data, mask = read_chip(img, nodata, bands)
+        pixels = data.reshape(len(bands), -1).astype(np.float64)
         if mask is not None:
             pixels = pixels[:, ~mask.ravel()]
         if pixels.shape[1] == 0:
             continue
         mean = pixels.mean(axis=1)
-        chip = BandStats(np.full(bands, float(pixels.shape[1])), mean,
+        chip = BandStats(np.full(len(bands), float(pixels.shape[1])), mean,
                          ((pixels - mean[:, None]) ** 2).sum(axis=1))
         total = chip if total is None else total.merge(chip)
     if total is None:

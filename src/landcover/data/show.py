@@ -6,6 +6,8 @@ figure, scripts call ``fig.savefig(path)``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +18,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .prepare import ClassifiedTilesData
+
+#: inches per panel of show_batch when no imsize is given
+DEFAULT_PANEL_INCHES = 3.0
 
 _RGB_NAMES = (("red", "r", "b4"), ("green", "g", "b3"), ("blue", "b", "b2"))
 
@@ -67,24 +72,57 @@ def new_figure(rows: int, cols: int, size: float = 3.0) -> tuple[Figure, np.ndar
     return fig, axes
 
 
-def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, ncols: int = 3) -> Figure:
-    """Training chips as the model sees them (cropped, augmented) with the labels overlaid and a legend."""
+def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, ncols: int = 3, *,
+               rgb_bands: Sequence[int] | None = None, data_loader: str = "training",
+               imsize: float | None = None) -> Figure:
+    """Random chips with the labels overlaid and a legend (see :meth:`ClassifiedTilesData.show_batch`).
+
+    ``data_loader="training"`` shows training chips as the model sees them (cropped, augmented);
+    ``"validation"`` whole validation chips, unaugmented. ``rgb_bands`` indexes ``data.band_names`` (the
+    extracted bands); default ``data.rgb_bands``. ``imsize``: inches per panel (default 3).
+    """
     import torch
 
-    n = min(rows * ncols, len(data.train_ds))
+    from ..errors import LandcoverError
+    from .prepare import check_rgb_bands
+
+    rows, ncols = _positive_int(rows, "rows"), _positive_int(ncols, "ncols")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(alpha) <= 1:
+        raise LandcoverError(f"alpha={alpha!r}: give the labels' opacity, from 0 (hidden) to 1 (opaque)")
+    loader = str(data_loader).strip().lower() if isinstance(data_loader, str) else None
+    if loader not in ("training", "validation"):
+        raise LandcoverError(f"data_loader={data_loader!r}: give 'training' or 'validation'")
+    size = DEFAULT_PANEL_INCHES
+    if imsize is not None:
+        ok = isinstance(imsize, (int, float, np.integer, np.floating)) and not isinstance(imsize, bool)
+        if not ok or not math.isfinite(float(imsize)) or not 0 < float(imsize) <= 50:
+            raise LandcoverError(f"imsize={imsize!r}: give the size of a panel in inches, e.g. 5")
+        size = float(imsize)
+    bands = list(data.rgb_bands) if rgb_bands is None else check_rgb_bands(rgb_bands, data.band_names)
+
+    ds = data.train_ds if loader == "training" else data.valid_ds
+    n = min(rows * ncols, len(ds))
     rows = max(1, -(-n // ncols))
-    fig, axes = new_figure(rows, ncols)
-    bands = rgb_band_indices(data.band_names)
+    fig, axes = new_figure(rows, ncols, size)
     mean = np.asarray(data.mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(data.std, np.float32).reshape(-1, 1, 1)
-    picks = torch.randperm(len(data.train_ds))[:n].tolist()
+    picks = torch.randperm(len(ds))[:n].tolist()
     present: set[int] = set()
     for ax, i in zip(axes.ravel(), picks, strict=False):
-        image, label = data.train_ds[i]
+        image, label = ds[i]
         raw = image.numpy() * std + mean
         lab = label.numpy()
         present |= set(np.unique(lab).tolist())
         ax.imshow(to_rgb(raw, bands))
-        ax.imshow(label_rgba(lab, data.classes, alpha))
+        ax.imshow(label_rgba(lab, data.classes, float(alpha)))
     add_legend(fig, data.classes, present)
     return fig
+
+
+def _positive_int(value: object, name: str) -> int:
+    from ..errors import LandcoverError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise LandcoverError(f"{name}={value!r}: give a whole number of panels, at least 1")
+    return int(value)

@@ -45,6 +45,12 @@ from .stats import BandAccumulator, ClassCounts
 
 log = logging.getLogger("landcover")
 
+#: The metadata format written (ArcGIS's name), the one pixel classification trains on.
+METADATA_FORMAT = "Classified_Tiles"
+#: ArcGIS's other metadata formats (Export Training Data For Deep Learning), named in the refusal.
+OTHER_METADATA_FORMATS = ("KITTI_rectangles", "PASCAL_VOC_rectangles", "RCNN_Masks", "Labeled_Tiles",
+                          "MultiLabeled_Tiles", "Export_Tiles", "CycleGAN", "Imagenet", "Panoptic_Segmentation")
+
 #: Rows of chips read together (pixels; at least one tile), and the most bytes of imagery per block read.
 BLOCK_ROWS = 1024
 BLOCK_BYTES = 64 * 2**20
@@ -99,6 +105,7 @@ def export_training_data(
     resampling: str = "bilinear",
     workers: int | None = None,
     progress: bool = True,
+    metadata_format: str | None = None,
 ) -> ExportSummary:
     """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
 
@@ -124,12 +131,15 @@ def export_training_data(
         start_index: index of the first chip; appends to an export already in ``out`` (statistics merged).
         resampling: imagery resampling when ``cell_size``/``extent`` move off the imagery grid.
         workers: chip-writing threads (default: up to 4). progress: show a progress bar on stderr.
+        metadata_format: ArcGIS's metadata format keyword: None or ``"Classified_Tiles"`` (any case), the one
+            format written (pixel classification); any other is refused.
 
     Returns:
         an :class:`ExportSummary`. Raises :class:`~landcover.errors.LandcoverError` for bad input; nothing that
         looks like a complete export is left behind when it fails.
     """
     t0 = time.perf_counter()
+    check_metadata_format(metadata_format)
     fmt = FORMAT_ALIASES.get(str(chip_format).lower().lstrip("."))
     if fmt is None:
         raise LandcoverError(f"--format {chip_format}: use tif, png or jpg")
@@ -173,6 +183,19 @@ def export_training_data(
             if lab is not None:
                 lab.close()
             img.close()
+
+
+def check_metadata_format(metadata_format: str | None) -> None:
+    """Refuse, in one line, a metadata format other than Classified_Tiles (None means Classified_Tiles)."""
+    if metadata_format is None:
+        return
+    name = metadata_format.strip().replace(" ", "_") if isinstance(metadata_format, str) else None
+    if name is not None and name.lower() == METADATA_FORMAT.lower():
+        return
+    known = next((f for f in OTHER_METADATA_FORMATS if name is not None and f.lower() == name.lower()), None)
+    what = f"{known} is an ArcGIS format landcover does not write" if known else "not a metadata format"
+    raise LandcoverError(f"--metadata-format {metadata_format}: {what}; landcover exports {METADATA_FORMAT} only "
+                         "(chips for pixel classification)")
 
 
 def _check_tiling(tile_size, stride) -> tuple[int, int]:

@@ -5,6 +5,6 @@
 """
 
 from .classifier import UnetClassifier
-from .metrics import format_metrics, metrics_from_confusion
+from .metrics import ClassMetrics, format_metrics, metrics_from_confusion
 
-__all__ = ["UnetClassifier", "format_metrics", "metrics_from_confusion"]
+__all__ = ["ClassMetrics", "UnetClassifier", "format_metrics", "metrics_from_confusion"]

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -23,9 +25,9 @@ from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
 from ..raster import check_writable_dir
 from .figures import loss_figure, lr_figure, results_figure
-from .losses import SegmentationLoss, class_weights
+from .losses import DICE_AVERAGES, SegmentationLoss, class_weights
 from .lr_find import lr_range_test, suggest_lr
-from .metrics import confusion_metric, format_metrics, metrics_from_confusion
+from .metrics import ClassMetrics, confusion_metric, format_metrics, metrics_from_confusion
 from .module import autocast_for, on_cuda, resolve_precision
 from .report import metrics_html
 
@@ -38,6 +40,12 @@ if TYPE_CHECKING:
 MONITORS = {"valid_loss": "min", "accuracy": "max", "miou": "max"}
 #: early stopping: epochs without an improvement of at least MIN_DELTA before training stops
 PATIENCE, MIN_DELTA = 5, 0.001
+#: the loss and augmentation options and their defaults (recorded in the package's ModelParameters)
+TRAINING_DEFAULTS = {"class_balancing": False, "focal_loss": False, "dice_loss_fraction": 0.0,
+                     "dice_loss_average": "micro", "mixup": False}
+TENSORBOARD_MISSING = "TensorBoard logging needs TensorBoard's writer: pip install tensorboard (or tensorboardX)"
+#: the folder under ``data.path`` that ``fit(tensorboard=True)`` logs to, as arcgis.learn
+TENSORBOARD_FOLDER = "training_log"
 
 
 class UnetClassifier:
@@ -46,13 +54,18 @@ class UnetClassifier:
     ``data``: from :func:`~landcover.prepare_data`. ``pretrained_path``: a torchvision/timm ImageNet ResNet
     checkpoint (file or URL; the first convolution is adapted to the band count) or a saved landcover model
     (``.emd``, ``.dlpk`` or folder; its head is kept when the classes match). ``class_balancing`` weights the
-    loss by inverse class frequency; ``focal_loss`` uses focal CE; ``dice_loss_fraction`` mixes in a Dice loss;
-    ``ignore_classes`` (class values) incur no loss and are left out of the mean IoU.
+    loss by inverse class frequency; ``focal_loss`` uses focal CE; ``dice_loss_fraction`` mixes in a Dice loss,
+    ``dice_loss_average`` ``"micro"`` (one Dice over all labelled pixels, the default) or ``"macro"`` (the mean
+    of the per-class Dice over the classes in the batch); ``ignore_classes`` (class values) incur no loss and are
+    left out of the mean IoU. ``mixup``: train on batches mixed with a shuffled copy of themselves, with the
+    loss mixed to match (Beta(0.4, 0.4), as arcgis.learn); validation is unchanged. ``mixup`` and
+    ``dice_loss_average`` are recorded in the package's ``ModelParameters``.
     """
 
     def __init__(self, data: ClassifiedTilesData, backbone: str = "resnet34",
                  pretrained_path: str | os.PathLike | None = None, class_balancing: bool = False,
-                 focal_loss: bool = False, dice_loss_fraction: float = 0.0, ignore_classes=()):
+                 focal_loss: bool = False, dice_loss_fraction: float = 0.0, ignore_classes=(),
+                 mixup: bool = False, dice_loss_average: str = "micro"):
         if data is None:
             raise LandcoverError("UnetClassifier needs data from prepare_data(); to load a saved model use "
                                  "UnetClassifier.from_model(path)")
@@ -65,12 +78,16 @@ class UnetClassifier:
         self.classes: list[ClassInfo] = list(data.classes)
         self.backbone = backbone
         self.band_names = list(data.band_names)
+        #: 0-based bands of the imagery the model reads (prepare_data's extract_bands; the package's ExtractBands)
+        self.extract_bands = list(data.extract_bands)
         self.mean, self.std = [float(v) for v in data.mean], [float(v) for v in data.std]
         self.tile_size = int(data.chip_size)
         self.input_dtype, self.nodata = data.input_dtype, data.nodata
         self.cell_size, self.crs_wkt = data.cell_size, data.crs_wkt
         self.class_balancing, self.focal_loss = bool(class_balancing), bool(focal_loss)
         self.dice_loss_fraction = float(dice_loss_fraction)
+        self.mixup = _check_flag("mixup", mixup)
+        self.dice_loss_average = _check_dice_average(dice_loss_average)
         self.ignore_classes = self._check_ignore(ignore_classes)
         self.net = UNet(len(self.band_names), len(self.classes) + 1, backbone)
         self._init_state()
@@ -90,6 +107,8 @@ class UnetClassifier:
         self._precision: str | None = None
         self._steps = 0
         self._package_path: Path | None = None
+        #: where the last ``fit(tensorboard=True)`` wrote its TensorBoard logs
+        self.tensorboard_dir: Path | None = None
         #: False in the extra processes of a multi-process (DDP) run: they train but do not write packages
         self.is_main_process = True
 
@@ -147,7 +166,8 @@ class UnetClassifier:
             counts = [self.data.class_pixel_counts.get(c.value, 0) for c in self.classes]
         weight = class_weights(len(self.classes) + 1, counts, self._ignore_indices,
                                balance=self.class_balancing and bool(counts))
-        return SegmentationLoss(len(self.classes) + 1, weight, self.focal_loss, self.dice_loss_fraction)
+        return SegmentationLoss(len(self.classes) + 1, weight, self.focal_loss, self.dice_loss_fraction,
+                                self.dice_loss_average)
 
     @staticmethod
     def _device(accelerator: str = "auto") -> torch.device:
@@ -160,7 +180,8 @@ class UnetClassifier:
         """Learning-rate range test; returns the suggested rate. The curve is in ``self.lr_figure()``.
 
         The weights are unchanged afterwards. The test is seeded (``prepare_data(seed=...)``), so every
-        process of a multi-process run finds the same rate.
+        process of a multi-process run finds the same rate. With ``mixup`` the batches and the loss are mixed
+        as in training.
         """
         data = self._need_data("lr_find")
         device = self._device(accelerator)
@@ -170,7 +191,7 @@ class UnetClassifier:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(data.seed)
             rates, losses = lr_range_test(self.net, self._loss(), data.train_dl, device, precision, channels_last,
-                                          start_lr, end_lr, num_steps)
+                                          start_lr, end_lr, num_steps, mixup=self.mixup)
         self.net.cpu()
         suggestion = suggest_lr(rates, losses)
         self.lr_finder = {"rates": rates, "losses": losses, "suggestion": suggestion}
@@ -287,7 +308,8 @@ class UnetClassifier:
     # --- training ------------------------------------------------------------------------------------------
 
     def fit(self, epochs: int = 10, lr=None, one_cycle: bool = True, early_stopping: bool = False,
-            checkpoint: bool = True, monitor: str = "valid_loss", resume: str | os.PathLike | None = None,
+            checkpoint: bool = True, tensorboard: bool = False, monitor: str = "valid_loss",
+            resume: str | os.PathLike | None = None,
             devices="auto", num_nodes: int = 1, strategy="auto", precision: str | None = None,
             accelerator: str = "auto", **trainer_kwargs) -> UnetClassifier:
         """Train for ``epochs`` epochs with Lightning, printing one table row per epoch.
@@ -297,11 +319,15 @@ class UnetClassifier:
         one-cycle schedule, else a constant rate. ``early_stopping``: stop after 5 epochs without ``monitor``
         improving by 0.001. ``checkpoint``: keep the best epoch (by ``monitor``) and the last one under
         ``<working_dir>/models/checkpoints/<date>_<time>/`` (``best-epoch=NNN.ckpt``, ``last.ckpt``), and
-        restore the best at the end. ``resume``: a checkpoint of this model to continue from, with ``epochs``
-        the run's total (more than the checkpoint has done); the run keeps writing beside it. An interrupted
-        run resumed with its own settings goes on exactly as it would have; with more epochs (or other rates)
-        the weights, optimizer state and epoch count carry on and the learning rate follows a new one-cycle
-        schedule over the remaining epochs. Without ``lr`` a resumed run takes the checkpoint's rates.
+        restore the best at the end. ``tensorboard``: log the losses, metrics and learning rates for
+        TensorBoard under ``<data.path>/training_log/<date>_<time>/`` (arcgis.learn's folder; the working
+        folder's ``training_log`` when the data folder is read-only); needs ``tensorboard`` or ``tensorboardX``;
+        view with ``tensorboard --logdir <data.path>/training_log``; the folder is in ``self.tensorboard_dir``.
+        ``resume``: a checkpoint of this model to continue from, with ``epochs`` the run's total (more than the
+        checkpoint has done); the run keeps writing beside it. An interrupted run resumed with its own settings
+        goes on exactly as it would have; with more epochs (or other rates) the weights, optimizer state and
+        epoch count carry on and the learning rate follows a new one-cycle schedule over the remaining epochs.
+        Without ``lr`` a resumed run takes the checkpoint's rates.
         ``devices``/``num_nodes``/``strategy`` go to the Lightning Trainer (e.g. 4 GPUs:
         ``devices=4, strategy="ddp"``). ``precision``: None picks bf16/fp16 mixed precision on a GPU and bf16
         autocast on a CPU with native bf16, else fp32. Other keyword arguments (e.g. ``callbacks``,
@@ -314,6 +340,7 @@ class UnetClassifier:
         from .module import SegmentationModule
 
         data = self._need_data("fit")
+        tensorboard = _check_flag("tensorboard", tensorboard)
         if monitor not in MONITORS:
             raise LandcoverError(f"monitor={monitor!r}: choose one of {', '.join(MONITORS)}")
         if int(epochs) < 1:
@@ -323,6 +350,7 @@ class UnetClassifier:
             done = resumed["epochs_done"]
             raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
                                  f"epochs={done + 1} or more to train on")
+        logger = self._tensorboard_logger(data) if tensorboard else False
         precision = resolve_precision(precision, accelerator)
         device = self._device(accelerator)
         channels_last = self._use_channels_last(precision, device)
@@ -334,9 +362,13 @@ class UnetClassifier:
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         module = SegmentationModule(self.net, self._loss(), rates, self.classes, one_cycle, channels_last,
-                                    self._ignore_indices, resume=resumed)
+                                    self._ignore_indices, resume=resumed, mixup=self.mixup)
         history = History(self._steps)
         callbacks: list = [ProgressTable(), history, *trainer_kwargs.pop("callbacks", [])]
+        if logger:
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         mode = MONITORS[monitor]
         if early_stopping:
             callbacks.append(EarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=PATIENCE, mode=mode))
@@ -354,7 +386,7 @@ class UnetClassifier:
         with _quiet_lightning():
             trainer = L.Trainer(
                 accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                precision=precision, max_epochs=int(epochs), callbacks=callbacks, logger=False,
+                precision=precision, max_epochs=int(epochs), callbacks=callbacks, logger=logger,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 enable_checkpointing=checkpoint, default_root_dir=str(data.working_dir), **trainer_kwargs)
             # Checkpoints are untrusted input: tensors and plain values only (checked in _check_resume too).
@@ -380,7 +412,31 @@ class UnetClassifier:
         self._steps += trainer.global_step
         self._lr_text, self._precision = lr_text, precision
         self._metrics = None
+        if logger:
+            logger.finalize("success")  # flush the event file now, not when the process ends
+            self.tensorboard_dir = Path(logger.log_dir)
         return self
+
+    def _tensorboard_logger(self, data: ClassifiedTilesData):
+        """Lightning's TensorBoardLogger writing to ``<data.path>/training_log/<date>_<time>``."""
+        if not any(_importable(name) for name in ("tensorboard", "tensorboardX")):
+            raise LandcoverError(TENSORBOARD_MISSING)
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        base = Path(data.path) / TENSORBOARD_FOLDER
+        try:
+            check_writable_dir(base)
+        except LandcoverError:
+            fallback = Path(data.working_dir) / TENSORBOARD_FOLDER
+            check_writable_dir(fallback)
+            print(f"TensorBoard logs: {base.parent} is read-only, logging to {fallback} instead", flush=True)
+            base = fallback
+        version = _stamped_folder(base).name
+        try:
+            return TensorBoardLogger(save_dir=str(base.parent), name=base.name, version=version,
+                                     default_hp_metric=False)
+        except ModuleNotFoundError:
+            raise LandcoverError(TENSORBOARD_MISSING) from None
 
     # --- evaluation ----------------------------------------------------------------------------------------
 
@@ -390,7 +446,8 @@ class UnetClassifier:
         with torch.no_grad(), autocast_for(precision, device):
             return self.net(x).float()
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, show_progress: bool = False) -> dict:
+        """All metrics over the validation chips; ``show_progress``: a progress bar over the batches."""
         data = self._need_data("evaluation")
         device = self._device()
         was_training = self.net.training
@@ -399,7 +456,12 @@ class UnetClassifier:
         loss_fn = self._loss().to(device)
         total, count = 0.0, 0
         try:
-            for x, y in data.valid_dl:
+            batches = data.valid_dl
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc="validation", unit="batch", leave=False, dynamic_ncols=True)
+            for x, y in batches:
                 logits = self._predict_logits(x, device)
                 y = y.to(device)
                 total += float(loss_fn(logits, y)) * len(x)
@@ -414,13 +476,16 @@ class UnetClassifier:
     @property
     def metrics(self) -> dict:
         """All validation metrics (computed once per fit): accuracy, miou, kappa, per_class, confusion_matrix."""
+        return self._get_metrics()
+
+    def _get_metrics(self, show_progress: bool = False) -> dict:
         if self._metrics is None:
             if self.data is None:
                 stored = self._extra.get("Metrics")
                 if not isinstance(stored, dict):
                     raise LandcoverError("this model was saved without metrics; load it with data to compute them")
                 return stored
-            self._metrics = self._evaluate()
+            self._metrics = self._evaluate(show_progress)
         return self._metrics
 
     def accuracy(self) -> float:
@@ -429,17 +494,27 @@ class UnetClassifier:
             return float(self._extra["accuracy"])
         return float(self.metrics["accuracy"])
 
-    def mIOU(self, mean: bool = False) -> dict[str, float] | float:  # noqa: N802 - arcgis.learn's name
-        """IoU per class name on the validation chips, or their mean (``mean=True``, ignored classes left out)."""
-        m = self.metrics
+    def mIOU(self, mean: bool = False, show_progress: bool = True) -> dict[str, float] | float:  # noqa: N802
+        """IoU per class name on the validation chips, or their mean (``mean=True``, ignored classes left out).
+
+        (arcgis.learn's name.) ``show_progress``: a progress bar over the validation batches while the metrics
+        are computed (once per fit; later calls reuse them silently); False for none.
+        """
+        m = self._get_metrics(show_progress=_check_flag("show_progress", show_progress))
         if mean:
             return float(m["miou"])
         return {p["name"]: p["iou"] for p in m["per_class"]}
 
-    def per_class_metrics(self) -> dict[str, dict[str, float]]:
-        """``{class name: {precision, recall, f1, iou, support}}`` on the validation chips."""
-        return {p["name"]: {k: p[k] for k in ("precision", "recall", "f1", "iou", "support")}
-                for p in self.metrics["per_class"]}
+    def per_class_metrics(self, ignore_classes=()) -> ClassMetrics:
+        """``{class name: {precision, recall, f1, iou, support}}`` on the validation chips.
+
+        A dict that displays as a table in Jupyter (one row per metric, one column per class, as arcgis.learn's
+        DataFrame) and prints as one. ``ignore_classes``: class values (or one value) to leave out of it.
+        """
+        per_class = self.metrics["per_class"]
+        leave_out = set(_class_values("per_class_metrics", ignore_classes, [p["value"] for p in per_class]))
+        return ClassMetrics({p["name"]: {k: p[k] for k in ("precision", "recall", "f1", "iou", "support")}
+                             for p in per_class if p["value"] not in leave_out})
 
     def metrics_table(self) -> str:
         """The per-class metrics and overall figures as a text table."""
@@ -447,10 +522,17 @@ class UnetClassifier:
 
     # --- figures -------------------------------------------------------------------------------------------
 
-    def show_results(self, rows: int = 4) -> Figure:
-        """Validation chips: image | ground truth | prediction."""
+    def show_results(self, rows: int = 5, alpha: float = 0.7) -> Figure:
+        """Validation chips, one per row (at most ``rows``): image | ground truth | prediction.
+
+        ``alpha``: opacity of the class colours drawn over the image in the truth and prediction panels (0:
+        image only, 1: classes only; default 0.7 as ``show_batch``).
+        """
         data = self._need_data("show_results")
-        n = max(1, min(int(rows), len(data.valid_ds)))
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise LandcoverError(f"show_results(rows={rows!r}): give a whole number of at least 1")
+        alpha = _check_alpha(alpha)
+        n = min(int(rows), len(data.valid_ds))
         items = [data.valid_ds[i] for i in range(n)]
         x = torch.stack([img for img, _ in items])
         device = self._device()
@@ -464,7 +546,8 @@ class UnetClassifier:
         std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
         images = [img.numpy() * std + mean for img, _ in items]
         truths = [lab.numpy() for _, lab in items]
-        return results_figure(images, truths, list(pred), self.classes, self.band_names)
+        return results_figure(images, truths, list(pred), self.classes, self.band_names, alpha,
+                              rgb_bands=data.rgb_bands)
 
     def plot_losses(self) -> Figure:
         """Training loss per batch and validation loss per epoch over all ``fit`` calls."""
@@ -473,14 +556,22 @@ class UnetClassifier:
     # --- packages ------------------------------------------------------------------------------------------
 
     def save(self, name_or_path: str | os.PathLike, extra_files: dict[str, str | os.PathLike] | None = None,
-             compute_metrics: bool = True, overwrite: bool = True) -> Path:
+             compute_metrics: bool = True, overwrite: bool = True, *, framework: str = "PyTorch",
+             publish: bool = False, gis=None, save_optimizer: bool = False) -> Path:
         """Write the model package folder (``.emd``, safetensors, figures, ``model_metrics.html``, ``.dlpk``).
 
         A plain name goes to ``<working_dir>/models/<name>/`` as in arcgis.learn; a path is used as is.
-        ``extra_files`` maps names inside the package to files to copy in. Returns the folder. In the extra
-        processes of a multi-process run nothing is written. A model package already there is replaced (as in
-        arcgis.learn) unless ``overwrite=False``; a folder holding anything else is never replaced.
+        ``extra_files`` maps names inside the package to files to copy in. ``compute_metrics``: validation
+        metrics into the emd and ``model_metrics.html``. Returns the folder. In the extra processes of a
+        multi-process run nothing is written. A model package already there is replaced (as in arcgis.learn)
+        unless ``overwrite=False``; a folder holding anything else is never replaced.
+
+        arcgis.learn's other options, for ported notebooks: ``framework`` must be ``"PyTorch"`` (any case;
+        packages hold PyTorch weights, ``landcover classify`` builds ONNX from them itself); ``publish=True`` /
+        ``gis`` are refused (upload the ``.dlpk`` with the ArcGIS API); ``save_optimizer=True`` is refused: the
+        optimizer state is in the training checkpoints (``last.ckpt``), which ``fit(resume=...)`` continues from.
         """
+        self._check_save_options(extra_files, framework, publish, gis, save_optimizer)
         folder = self._package_folder(name_or_path)
         if not self.is_main_process:
             return folder
@@ -499,6 +590,8 @@ class UnetClassifier:
             })
         if self._lr_text:
             extra["LearningRate"] = self._lr_text
+        # arcgis.learn's {"backbone", "backend"} plus the training options (read back by from_emd as the backbone)
+        extra["ModelParameters"] = {"backbone": self.backbone, "backend": "pytorch", **self._training_options()}
         if self._monitored:
             extra[f"monitored_{self._monitored[0]}"] = self._monitored[1]
         with tempfile.TemporaryDirectory(prefix="landcover-save-") as tmp:
@@ -516,12 +609,35 @@ class UnetClassifier:
                 files["model_metrics.html"] = html
             files.update(extra_files or {})
             pkg = ModelPackage(
-                classes=self.classes, backbone=self.backbone, extract_bands=list(range(len(self.band_names))),
+                classes=self.classes, backbone=self.backbone, extract_bands=self.extract_bands,
                 mean=self.mean, std=self.std, tile_size=self.tile_size, band_names=self.band_names,
                 input_dtype=self.input_dtype, nodata=self.nodata, cell_size=self.cell_size, crs_wkt=self.crs_wkt,
                 ignore_classes=self.ignore_classes, extra=extra, state_dict=self.net.state_dict())
             save_package(pkg, folder, name=folder.name, files=files)
         return folder
+
+    def _training_options(self) -> dict:
+        return {"class_balancing": self.class_balancing, "focal_loss": self.focal_loss,
+                "dice_loss_fraction": self.dice_loss_fraction, "dice_loss_average": self.dice_loss_average,
+                "mixup": self.mixup}
+
+    def _check_save_options(self, extra_files, framework, publish, gis, save_optimizer) -> None:
+        """arcgis.learn's save options landcover does not do: one line each saying what to do instead."""
+        if extra_files is not None and not isinstance(extra_files, dict):
+            raise LandcoverError(f"save(extra_files={extra_files!r}): give a dict {{name in the package: file}}; "
+                                 "arcgis.learn's framework goes by keyword: save(name, framework='PyTorch')")
+        if not isinstance(framework, str) or framework.strip().lower() != "pytorch":
+            raise LandcoverError(f"save(framework={framework!r}): landcover packages hold PyTorch weights "
+                                 "(safetensors); landcover classify builds ONNX from them itself, so save with "
+                                 "framework='PyTorch'")
+        if (publish is not False and publish is not None) or gis is not None:
+            raise LandcoverError("save(publish=True/gis=...): landcover does not publish to a portal; upload the "
+                                 ".dlpk in the package folder with the ArcGIS API (gis.content.add)")
+        if save_optimizer is not False and save_optimizer is not None:
+            base = str(self.data.working_dir) if self.data is not None else "<working_dir>"
+            where = self.last_checkpoint or Path(base, "models", "checkpoints", "<date>_<time>", "last.ckpt")
+            raise LandcoverError(f"save(save_optimizer=True): packages hold weights only; the optimizer state is "
+                                 f"in the training checkpoint {where}: continue training with fit(resume=...)")
 
     def _package_folder(self, name_or_path: str | os.PathLike) -> Path:
         if not str(name_or_path).strip():
@@ -539,7 +655,7 @@ class UnetClassifier:
         return base / "models" / path.name
 
     def _facts(self) -> dict[str, str]:
-        facts = {"Model": "UnetClassifier", "Backbone": self.backbone, "Bands": ", ".join(self.band_names),
+        facts = {"Model": "UnetClassifier", "Backbone": self.backbone, "Bands": _bands_text(self.band_names, self.extract_bands),
                  "Chip size": str(self.tile_size)}
         if self._lr_text:
             facts["Learning rate"] = self._lr_text
@@ -547,6 +663,13 @@ class UnetClassifier:
             facts["Training batches"] = str(self._steps)
         if self.ignore_classes:
             facts["Ignored classes"] = ", ".join(map(str, self.ignore_classes))
+        loss = ("class-balanced " if self.class_balancing else "") + ("focal " if self.focal_loss else "") \
+            + "cross-entropy"
+        if self.dice_loss_fraction > 0:
+            loss += f" + {self.dice_loss_fraction:g} × {self.dice_loss_average} Dice"
+        facts["Loss"] = loss
+        if self.mixup:
+            facts["Mixup"] = "yes (Beta(0.4, 0.4))"
         return facts
 
     @classmethod
@@ -560,12 +683,15 @@ class UnetClassifier:
         self = cls.__new__(cls)
         self.data = data
         self.classes, self.backbone, self.band_names = list(pkg.classes), pkg.backbone, list(pkg.band_names)
+        self.extract_bands = [int(b) for b in pkg.extract_bands]
         if len(self.band_names) != pkg.in_channels:
             self.band_names = [f"Band_{i + 1}" for i in range(pkg.in_channels)]
         self.mean, self.std = list(pkg.mean), list(pkg.std)
         self.tile_size, self.input_dtype, self.nodata = pkg.tile_size, pkg.input_dtype, pkg.nodata
         self.cell_size, self.crs_wkt = pkg.cell_size, pkg.crs_wkt
+        # Training options start at their defaults (the package's ModelParameters record how it was trained).
         self.class_balancing, self.focal_loss, self.dice_loss_fraction = False, False, 0.0
+        self.mixup, self.dice_loss_average = False, "micro"
         self.ignore_classes = list(pkg.ignore_classes)
         self.net = pkg.build_model().train()
         self._init_state()
@@ -576,9 +702,15 @@ class UnetClassifier:
                 raise LandcoverError(f"{path}: the model's classes {[c.value for c in self.classes]} differ from "
                                      f"the data's {[c.value for c in data.classes]}; start a new model with "
                                      "UnetClassifier(data, pretrained_path=...) instead")
-            if len(data.band_names) != pkg.in_channels:
-                raise LandcoverError(f"{path}: the model takes {pkg.in_channels} bands, the data has "
-                                     f"{len(data.band_names)}")
+            if list(data.extract_bands) != self.extract_bands:
+                # Even with the same count: each input channel would get another band than it learned.
+                chip_bands = len(data.chip_band_names)
+                if max(self.extract_bands) >= chip_bands:
+                    raise LandcoverError(f"{path}: the model reads bands {self.extract_bands} (0-based) of the "
+                                         f"chips, the data's chips have {chip_bands} band(s)")
+                raise LandcoverError(f"{path}: the model reads bands {self.extract_bands} (0-based) of the chips, "
+                                     f"the data {list(data.extract_bands)}; give prepare_data(..., "
+                                     f"extract_bands={self.extract_bands})")
             mean, std = np.asarray(pkg.mean, np.float64), np.asarray(pkg.std, np.float64)
             data.mean, data.std = mean, std
             for ds in (data.train_ds, data.valid_ds):
@@ -589,7 +721,64 @@ class UnetClassifier:
 
     def __repr__(self) -> str:
         names = ", ".join(f"{c.value}:{c.name}" for c in self.classes)
-        return f"UnetClassifier(backbone={self.backbone!r}, bands={self.band_names}, classes=[{names}])"
+        options = "".join(f", {k}={v!r}" for k, v in self._training_options().items()
+                          if v != TRAINING_DEFAULTS[k])
+        return f"UnetClassifier(backbone={self.backbone!r}, bands={self.band_names}, classes=[{names}]{options})"
+
+
+def _check_flag(name: str, value) -> bool:
+    """A True/False argument; anything else (a string, a number) is one line naming the argument."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise LandcoverError(f"{name}={value!r}: give True or False")
+
+
+def _check_dice_average(value) -> str:
+    if isinstance(value, str) and value in DICE_AVERAGES:
+        return value
+    raise LandcoverError(f"dice_loss_average={value!r}: choose {' or '.join(repr(v) for v in DICE_AVERAGES)}")
+
+
+def _check_alpha(value) -> float:
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if isinstance(value, bool) or not 0.0 <= alpha <= 1.0:
+        raise LandcoverError(f"alpha={value!r}: give an opacity from 0 to 1 (e.g. 0.7)")
+    return alpha
+
+
+def _class_values(what: str, values, known: list[int]) -> list[int]:
+    """Class values given as one value or a list of them (None: none), each one of ``known``; one line otherwise."""
+    if values is None:
+        return []
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = [values]
+    items = list(values) if isinstance(values, (list, tuple, set, frozenset, np.ndarray)) else None
+    if items is None or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
+        raise LandcoverError(f"{what}(ignore_classes={values!r}): give class values, e.g. "
+                             f"ignore_classes=[{known[0]}] (classes: {', '.join(map(str, known))})")
+    unknown = [int(v) for v in items if int(v) not in known]
+    if unknown:
+        raise LandcoverError(f"{what}(ignore_classes=...): class {', '.join(map(str, unknown))} is not in the "
+                             f"model (classes: {', '.join(map(str, known))})")
+    return [int(v) for v in items]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _bands_text(names: list[str], extract_bands: list[int]) -> str:
+    """``Red, Green, Blue``, or with a band selection ``NearInfrared, Red, Green (imagery bands 4, 1, 2)``."""
+    text = ", ".join(names)
+    if extract_bands != list(range(len(extract_bands))):
+        text += f" (imagery bands {', '.join(str(b + 1) for b in extract_bands)})"
+    return text
 
 
 def _is_package(folder: Path) -> bool:
@@ -639,7 +828,11 @@ def _lr_text(rates: list[float]) -> str:
 
 def _new_checkpoint_dir(working_dir: Path) -> Path:
     """``<working_dir>/models/checkpoints/<date>_<time>``, with a suffix if a run this second took that name."""
-    base = Path(working_dir) / "models" / "checkpoints"
+    return _stamped_folder(Path(working_dir) / "models" / "checkpoints")
+
+
+def _stamped_folder(base: Path) -> Path:
+    """``<base>/<date>_<time>`` (not created), with a suffix if a run this second took that name."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     folder, n = base / stamp, 2
     while folder.exists():

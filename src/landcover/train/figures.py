@@ -46,18 +46,23 @@ def lr_figure(rates: list[float], losses: list[float], suggestion: float) -> Fig
 
 
 def results_figure(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray],
-                   classes: list[ClassInfo], band_names: list[str]) -> Figure:
-    """One row per chip: raw image | ground truth | prediction (class indices, 0 transparent)."""
+                   classes: list[ClassInfo], band_names: list[str], alpha: float = 1.0,
+                   rgb_bands: list[int] | None = None) -> Figure:
+    """One row per chip: raw image | ground truth | prediction (class indices, 0 transparent).
+
+    The truth and the prediction are drawn over the image with opacity ``alpha``; ``rgb_bands`` (indices into
+    ``band_names``) are shown as R, G, B (default: picked from the names).
+    """
     rows = len(images)
     fig, axes = new_figure(rows, 3, size=3.0)
-    bands = rgb_band_indices(band_names)
+    bands = rgb_band_indices(band_names) if rgb_bands is None else list(rgb_bands)
     for r, (image, truth, pred) in enumerate(zip(images, truths, preds, strict=True)):
         rgb = to_rgb(image, bands)
         for c, (title, overlay) in enumerate((("image", None), ("ground truth", truth), ("prediction", pred))):
             ax = axes[r, c]
             ax.imshow(rgb)
             if overlay is not None:
-                ax.imshow(label_rgba(overlay, classes, 1.0))
+                ax.imshow(label_rgba(overlay, classes, alpha))
             if r == 0:
                 ax.set_title(title)
     present = set(np.unique(np.concatenate([t.ravel() for t in truths + preds])).tolist()) if rows else set()

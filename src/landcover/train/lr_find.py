@@ -14,14 +14,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..model import UNet
-from .losses import SegmentationLoss
+from .losses import SegmentationLoss, mixup_batch, mixup_loss
 from .module import WEIGHT_DECAY, autocast_for
 
 
 def lr_range_test(net: UNet, loss_fn: SegmentationLoss, loader: DataLoader, device: torch.device,
                   precision: str, channels_last: bool, start_lr: float = 1e-7, end_lr: float = 10.0,
-                  num_steps: int = 100, beta: float = 0.98) -> tuple[list[float], list[float]]:
-    """(rates, smoothed losses); stops early when the loss diverges. The weights are restored afterwards."""
+                  num_steps: int = 100, beta: float = 0.98,
+                  mixup: bool = False) -> tuple[list[float], list[float]]:
+    """(rates, smoothed losses); stops early when the loss diverges. The weights are restored afterwards.
+
+    ``mixup``: mix each batch and its loss as training does (:func:`~.losses.mixup_batch`).
+    """
     saved = copy.deepcopy(net.state_dict())
     net.train().to(device)
     if channels_last:
@@ -39,11 +43,14 @@ def lr_range_test(net: UNet, loss_fn: SegmentationLoss, loader: DataLoader, devi
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y = x.to(device), y.to(device)
+                if mixup:
+                    x, lam, perm = mixup_batch(x)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_for(precision, device):
                     logits = net(x)
-                loss = loss_fn(logits.float(), y)
+                logits = logits.float()
+                loss = mixup_loss(loss_fn, logits, y, lam, perm) if mixup else loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -7,6 +7,8 @@ columns the prediction, both as model class indices.
 
 from __future__ import annotations
 
+from html import escape
+
 import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -70,3 +72,36 @@ def format_metrics(metrics: dict) -> str:
     lines.append(f"overall accuracy {metrics['accuracy']:.4f}   mIoU {metrics['miou']:.4f}   "
                  f"kappa {metrics['kappa']:.4f}   ({metrics['pixels']} labelled validation pixels)")
     return "\n".join(lines)
+
+
+#: the rows of :class:`ClassMetrics` tables, in order
+METRIC_ROWS = ("precision", "recall", "f1", "iou", "support")
+
+
+class ClassMetrics(dict):
+    """``{class name: {precision, recall, f1, iou, support}}`` that displays as a table.
+
+    A plain ``dict`` for code (JSON-ready, indexable by class name); in Jupyter an HTML table with one row per
+    metric and one column per class, like the DataFrame arcgis.learn's ``per_class_metrics`` returns; ``str()``
+    gives the same table as text.
+    """
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{escape(str(name))}</th>" for name in self)
+        rows = "".join(f"<tr><th>{row}</th>" + "".join(f"<td>{_cell(values[row])}</td>" for values in self.values())
+                       + "</tr>" for row in METRIC_ROWS)
+        return (f'<table class="landcover-metrics"><thead><tr><th></th>{head}</tr></thead>'
+                f"<tbody>{rows}</tbody></table>")
+
+    def __str__(self) -> str:
+        names = [str(name) for name in self]
+        width = [max(10, len(n)) for n in names]
+        lines = [" " * 9 + "".join(f"  {n:>{w}}" for n, w in zip(names, width, strict=True))]
+        for row in METRIC_ROWS:
+            lines.append(f"{row:<9}" + "".join(f"  {_cell(values[row]):>{w}}"
+                                               for values, w in zip(self.values(), width, strict=True)))
+        return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return str(value) if isinstance(value, (int, np.integer)) else f"{float(value):.4f}"

@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from ..classes import ClassInfo
 from ..model import UNet
-from .losses import SegmentationLoss
+from .losses import MIXUP_ALPHA, SegmentationLoss, mixup_batch, mixup_loss
 from .metrics import confusion_metric, metrics_from_confusion
 
 #: AdamW weight decay (fastai's default, which arcgis.learn trains with)
@@ -66,13 +66,16 @@ class SegmentationModule(L.LightningModule):
     rate) the weights, the optimizer's moments and the epoch count are restored, and the learning rate follows
     the new plan: a whole one-cycle schedule over the remaining epochs (as a second ``fit`` call would run), or
     the given constant rate.
+
+    ``mixup``: each training batch is mixed with a shuffled copy of itself and the loss mixed to match
+    (:func:`~.losses.mixup_batch`, Beta(0.4, 0.4) as arcgis.learn); validation sees the batches unchanged.
     """
 
     def __init__(self, net: UNet, loss: SegmentationLoss, lrs: list[float], classes: list[ClassInfo],
                  one_cycle: bool = True, channels_last: bool = False, ignore_indices: tuple[int, ...] = (),
-                 resume: dict | None = None):
+                 resume: dict | None = None, mixup: bool = False):
         super().__init__()
-        self.net, self.loss_fn = net, loss
+        self.net, self.loss_fn, self.mixup = net, loss, bool(mixup)
         self.lrs, self.one_cycle, self.channels_last = list(lrs), one_cycle, channels_last
         self.classes, self.ignore_indices = classes, ignore_indices
         self.resume = resume
@@ -89,7 +92,11 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        if self.mixup:
+            x, lam, perm = mixup_batch(x, MIXUP_ALPHA)
+            loss = mixup_loss(self.loss_fn, self(x), y, lam, perm)
+        else:
+            loss = self.loss_fn(self(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
         return loss
 
