@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,27 @@ import rasterio
 from rasterio.transform import from_origin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch with ``n`` threads inside the block. Tests use one: on a shared 2-core machine two OpenMP
+    threads spin-wait against other processes and run several times slower than one."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -48,13 +48,7 @@ def scene(rng, h, w, min_size=6, max_size=30):
     return np.clip(img, 1, 255).astype(np.uint8), lab
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    # Tests share two cores with other processes; one torch thread avoids OpenMP spin-waiting.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session", autouse=True)

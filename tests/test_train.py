@@ -24,15 +24,7 @@ from landcover.train import UnetClassifier, metrics_from_confusion
 from landcover.train.module import SegmentationModule
 from tiles_fixture import write_export
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads spin against other processes and run
-    several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ CHIP, STEPS = 32, 3
 TRAIN = ["--backbone", "resnet18", "--batch-size", "2", "--val-split", "0.25", "--lr", "1e-3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _chips(folder: Path, **kw) -> Path:

@@ -24,13 +24,7 @@ from landcover.train.losses import SegmentationLoss
 from landcover.train.module import SegmentationModule
 from tiles_fixture import write_export
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(folder: Path, n_chips: int = 8, val: float = 0.25, batch_size: int = 2):

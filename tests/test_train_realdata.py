@@ -14,6 +14,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from conftest import torch_threads
 from landcover.data import prepare_data
 from landcover.train import UnetClassifier
 
@@ -64,15 +65,11 @@ def test_naip_patches_train_a_few_steps(shared_data, tmp_path):
     assert data.class_pixel_counts == {1: 0, 2: 804943, 3: 238529, 4: 0, 5: 3232, 6: 1872}
     assert data.c == 7 and data.band_names == ["Red", "Green", "Blue", "NearInfrared"]
     assert 50 < data.mean[0] < 200 and data.std[3] > 5  # statistics computed from the real chips
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_train.one_thread
-    try:
+    with torch_threads(1):
         torch.manual_seed(0)
         model = UnetClassifier(data, backbone="resnet18", class_balancing=True)
         model.fit(1, lr=1e-3, checkpoint=False)
         assert len(model.history_train) == 3 and all(np.isfinite(v) for _, v in model.history_train)
         m = model.metrics
-    finally:
-        torch.set_num_threads(threads)
     assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 6
     assert sum(p["support"] for p in m["per_class"]) == m["pixels"] > 100000
