@@ -277,6 +277,19 @@ def test_stratified_split_shares_and_singletons():
         assert valid & with_4 and with_4 - valid and valid & with_6 and with_6 - valid
 
 
+def test_stratified_split_keeps_the_asked_size():
+    """Chips that each hold a class no other chip has cannot be swapped (a singleton stays in training); the
+    split must still give validation its chips (it used to come back empty, or one short)."""
+    assert len(stratified_split([frozenset({1}), frozenset({2})], 1, 0)) == 1
+    rng = np.random.default_rng(0)
+    for seed in range(30):
+        sets = [frozenset(rng.choice(8, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(12)]
+        n_valid = int(rng.integers(1, 12))
+        valid = stratified_split(sets, n_valid, seed)
+        assert len(valid) == n_valid and valid <= set(range(12))
+    assert len(stratified_split([frozenset({v}) for v in range(100)], 99, 0)) == 99
+
+
 def test_stratify_must_be_a_bool(naip):
     with pytest.raises(LandcoverError) as err:
         prepare_data(naip, batch_size=2, stratify="yes")

@@ -230,9 +230,9 @@ def test_options_recorded_in_the_package_and_shown(data, tmp_path):
     assert params["backbone"] == "resnet18" and params["backend"] == "pytorch"
     assert params["mixup"] is True and params["dice_loss_average"] == "macro"
     assert params["dice_loss_fraction"] == 0.3
-    # from_model: training options start at their defaults (inference does not use them)
+    # from_model: the recorded options come back (as arcgis.learn passes ModelParameters to the constructor)
     loaded = UnetClassifier.from_model(folder)
-    assert loaded.mixup is False and loaded.dice_loss_average == "micro"
+    assert loaded.mixup is True and loaded.dice_loss_average == "macro"
     # a package written before these options existed ({"backbone", "backend"} only) still loads
     emd["ModelParameters"] = {"backbone": "resnet18", "backend": "pytorch"}
     (folder / "pkg.emd").write_text(json.dumps(emd))
@@ -511,3 +511,81 @@ def test_cli_extract_bands_are_counted_from_1(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
     assert "--extract-bands 5 1: give distinct bands from 1 to 4" in err
+
+
+# --- 8. what a package or checkpoint records about bands and training options --------------------------------
+
+
+def test_resume_with_other_bands_is_refused(tmp_path):
+    chips = write_export(tmp_path / "chips", n_chips=6, bands=4)
+    first = UnetClassifier(prepare_data(chips, batch_size=2, val_split_pct=0.25, extract_bands=[3, 0, 1]),
+                           backbone="resnet18")
+    first.fit(1, lr=1e-3)
+    other = UnetClassifier(prepare_data(chips, batch_size=2, val_split_pct=0.25, extract_bands=[0, 1, 2]),
+                           backbone="resnet18")
+    with pytest.raises(LandcoverError) as err:
+        other.fit(2, lr=1e-3, resume=first.last_checkpoint)
+    text = _one_line(err)
+    assert "trained on bands [3, 0, 1]" in text and "--extract-bands 4 1 2" in text
+
+
+def test_from_model_keeps_the_training_options(data, tmp_path):
+    torch.manual_seed(0)
+    model = UnetClassifier(data, backbone="resnet18", mixup=True, dice_loss_fraction=0.3,
+                           dice_loss_average="macro", focal_loss=True)
+    folder = model.save(tmp_path / "opts", compute_metrics=False)
+    emd = json.loads((folder / "opts.emd").read_text())
+    assert emd["IsMultispectral"] is True  # 4 bands
+    for reloaded in (UnetClassifier.from_model(folder), UnetClassifier.from_model(folder, data=data)):
+        assert reloaded._training_options() == {"class_balancing": False, "focal_loss": True,
+                                                "dice_loss_fraction": 0.3, "dice_loss_average": "macro",
+                                                "mixup": True}
+    resaved = UnetClassifier.from_model(folder, data=data).save(tmp_path / "again", compute_metrics=False)
+    assert json.loads((resaved / "again.emd").read_text())["ModelParameters"] == emd["ModelParameters"]
+
+
+def test_pretrained_on_other_bands_warns(tmp_path):
+    chips = write_export(tmp_path / "chips", n_chips=6, bands=4)
+    nir = UnetClassifier(prepare_data(chips, batch_size=2, val_split_pct=0.25, extract_bands=[3, 0, 1]),
+                         backbone="resnet18")
+    folder = nir.save(tmp_path / "nir", compute_metrics=False)
+    rgb = prepare_data(chips, batch_size=2, val_split_pct=0.25, extract_bands=[0, 1, 2])
+    with pytest.warns(UserWarning, match=r"trained on bands \[3, 0, 1\]"):
+        UnetClassifier(rgb, backbone="resnet18", pretrained_path=folder)
+
+
+def test_more_bad_training_input_is_one_line(data, tmp_path):
+    chips = write_export(tmp_path / "chips", n_chips=6)
+    cases = [
+        (lambda: UnetClassifier(prepare_data(chips, batch_size=1, val_split_pct=0.25), backbone="resnet18",
+                                mixup=True), "batch_size=2"),
+        (lambda: UnetClassifier(data, backbone="resnet18", dice_loss_fraction="x"), "dice_loss_fraction=x"),
+        (lambda: prepare_data(chips, batch_size="eight"), "batch_size=eight"),
+        (lambda: prepare_data(chips, batch_size=2, rgb_bands=[0, 1, 2, 3]), "4 indices, not 3"),
+    ]
+    for make, expected in cases:
+        with pytest.raises(LandcoverError) as err:
+            make()
+        assert expected in _one_line(err)
+    model = UnetClassifier(data, backbone="resnet18")
+    with pytest.raises(LandcoverError) as err:
+        model.per_class_metrics(ignore_classes=[1, 3, 7])
+    assert "leaves no class" in _one_line(err)
+
+
+def test_unwritable_working_folder_is_refused_before_training(tmp_path):
+    chips = write_export(tmp_path / "chips", n_chips=6)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    data = prepare_data(chips, batch_size=2, val_split_pct=0.25, working_dir=blocker / "work")
+    model = UnetClassifier(data, backbone="resnet18")
+    with pytest.raises(LandcoverError) as err:
+        model.fit(1, lr=1e-3)
+    assert "working_dir=" in _one_line(err) and model.history_train == []
+
+
+def test_cli_extract_bands_say_they_count_from_1(tmp_path, capsys):
+    chips = write_export(tmp_path / "chips", n_chips=6, bands=4)
+    with pytest.raises(SystemExit):
+        cli_main(["train", str(chips), "--out", str(tmp_path / "m"), "--extract-bands", "3", "0", "1"])
+    assert "counted from 1" in capsys.readouterr().err

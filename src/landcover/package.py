@@ -125,7 +125,9 @@ class ModelPackage:
             "ModelPadding": 0,
             "Classes": [c.to_esri() for c in self.classes],
             "ModelParameters": {"backbone": self.backbone, "backend": "pytorch"},
-            "IsMultispectral": len(self.extract_bands) != 3 or self.input_dtype != "uint8",
+            # RGB only when the model reads the first three bands as 8-bit (e.g. NIR, red, green of a 4-band
+            # raster is multispectral)
+            "IsMultispectral": list(self.extract_bands) != [0, 1, 2] or self.input_dtype != "uint8",
             "ignore_mapped_class": [i + 1 for i, c in enumerate(self.classes) if c.value in self.ignore_classes],
         }
         if cell:
@@ -172,6 +174,8 @@ class ModelPackage:
                 ignore_classes=[int(v) for v in emd.get("IgnoreClasses", [])],
                 extra={k: v for k, v in emd.items() if k not in known},
             )
+            if isinstance(params, dict) and set(params) - {"backbone", "backend"}:
+                pkg.extra["ModelParameters"] = dict(params)  # training options, kept for from_model and re-saving
         except (KeyError, TypeError, ValueError) as exc:
             raise LandcoverError(f"{where}: malformed model definition ({type(exc).__name__}: {exc})") from None
         if backbone not in BACKBONES:

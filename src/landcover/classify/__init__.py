@@ -231,9 +231,10 @@ def _check_imagery(ds, pkg, name: str) -> None:
     require_crs(ds, name)
     need = max(pkg.extract_bands) + 1
     if ds.count < need:
+        reads = ", ".join(str(b + 1) for b in pkg.extract_bands)
         raise LandcoverError(
-            f"{name}: has {ds.count} band(s) but the model reads band(s) "
-            f"{', '.join(str(b + 1) for b in pkg.extract_bands)}; give imagery with the training bands")
+            f"{name}: has {ds.count} band(s) but the model reads band(s) {reads} of the imagery it was trained "
+            f"on; give that imagery's (at least {need}) bands in their order, as one file or one file per band")
     if ds.dtypes[0] != pkg.input_dtype:
         raise LandcoverError(
             f"{name}: pixels are {ds.dtypes[0]} but the model was trained on {pkg.input_dtype}; give imagery of "

@@ -51,6 +51,8 @@ positive_int = _number(int, 1, what="a whole number of at least 1")
 non_negative_int = _number(int, 0, what="a whole number of at least 0")
 open_fraction = _number(float, 0.0, 1.0, closed=False, what="a fraction between 0 and 1 (e.g. 0.1)")
 fraction = _number(float, 0.0, 1.0, what="a fraction from 0 to 1")
+band_number = _number(int, 1, what="band numbers counted from 1 (as in GDAL), e.g. --extract-bands 4 1 2")
+upper_fraction = _number(float, 0.0, 1.0, what="a fraction more than 0 and at most 1 (e.g. 0.3)")
 
 #: Python API argument names in messages → the CLI flags, for errors only found once the data is read
 #: (e.g. a batch larger than the training chips)
@@ -85,13 +87,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=open_fraction, default=0.1, help="fraction of chips held out (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
     p.add_argument("--num-workers", type=non_negative_int, help="DataLoader worker processes (default: 0 on CPU)")
-    p.add_argument("--extract-bands", type=positive_int, nargs="+", metavar="B", help="chip bands to train on, "
+    p.add_argument("--extract-bands", type=band_number, nargs="+", metavar="B", help="chip bands to train on, "
                    "from 1, in order (e.g. 4 1 2 for NIR, red, green of a 4-band export; default all); the model "
                    "then reads these bands of the imagery it classifies")
     p.add_argument("--stratify", action="store_true", help="split training/validation by the classes in each chip, "
                    "so rare classes are validated too (default: a random split)")
-    p.add_argument("--norm-pct", type=fraction, metavar="F", help="fraction of training chips read for the band "
-                   "statistics when the export has none (default: at most 256 chips; all below 300 chips)")
+    p.add_argument("--norm-pct", type=upper_fraction, metavar="F", help="fraction (0 < F <= 1) of the training "
+                   "chips read for the band statistics when the export has none; with fewer than 300 training "
+                   "chips all are read (default: 256 chips at random)")
     p.add_argument("--pretrained", metavar="PATH_OR_URL", help="ImageNet ResNet weights (torchvision/timm, "
                    ".pth or .safetensors, file or URL) or a saved landcover model to start from")
     p.add_argument("--class-balancing", action="store_true", help="weight the loss by inverse class frequency")

@@ -170,7 +170,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         raise LandcoverError("prepare_data: give at least one training data folder")
     if not 0 < val_split_pct < 1:
         raise LandcoverError(f"val_split_pct={val_split_pct}: give a fraction between 0 and 1 (e.g. 0.1)")
-    if int(batch_size) < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
         raise LandcoverError(f"batch_size={batch_size}: give a positive number of chips per batch")
     pct = _check_norm_pct(norm_pct)
     if not isinstance(stratify, (bool, np.bool_)):
@@ -296,6 +296,8 @@ def band_indices(value: object, n: int, name: str, *, distinct: bool, length: in
         raise LandcoverError(f"{shown}: give a list of 0-based band indices{tail}")
     if not items:
         raise LandcoverError(f"{shown}: the list is empty{tail}")
+    if length is not None and len(items) != length:
+        raise LandcoverError(f"{shown}: {len(items)} indices, not {length}{tail}")
     out = []
     for b in items:
         if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
@@ -306,8 +308,6 @@ def band_indices(value: object, n: int, name: str, *, distinct: bool, length: in
         if distinct and b in out:
             raise LandcoverError(f"{shown}: band {b} is given twice{tail}")
         out.append(b)
-    if length is not None and len(out) != length:
-        raise LandcoverError(f"{shown}: {len(out)} indices, not {length}{tail}")
     return out
 
 
@@ -380,6 +380,14 @@ def stratified_split(label_sets: list[frozenset[int]], n_valid: int, seed: int) 
             back = next((j for j in common_first if j != mover and (j in valid) == side and keeps(j, side)), None)
             if back is not None:
                 valid.symmetric_difference_update({back})
+    # A swap without a partner changes the size: restore it (chips of common strata first, and chips whose
+    # classes stay represented before any others), so validation is never emptied nor training.
+    while len(valid) < n_valid:
+        valid.add(next((i for i in common_first if i not in valid and keeps(i, False)),
+                       next(i for i in common_first if i not in valid)))
+    while len(valid) > n_valid:
+        valid.discard(next((i for i in common_first if i in valid and keeps(i, True)),
+                           next(i for i in common_first if i in valid)))
     return valid
 
 

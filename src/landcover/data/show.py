@@ -59,7 +59,9 @@ def add_legend(fig: Figure, classes: list[ClassInfo], present: set[int] | None =
     handles = [Patch(facecolor=np.array(c.color) / 255, edgecolor="black", label=f"{c.value} {c.name}")
                for i, c in enumerate(classes) if present is None or i + 1 in present]
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
+        # "outside": constrained layout makes room for the legend below the panels instead of drawing over them
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=9,
+                   frameon=False)
 
 
 def new_figure(rows: int, cols: int, size: float = 3.0) -> tuple[Figure, np.ndarray]:

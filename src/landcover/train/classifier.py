@@ -72,7 +72,8 @@ class UnetClassifier:
         if isinstance(data, (str, os.PathLike)):
             raise LandcoverError(f"UnetClassifier({str(data)!r}): give it the data, not its folder: "
                                  f"UnetClassifier(prepare_data({str(data)!r}))")
-        if not 0.0 <= float(dice_loss_fraction) <= 1.0:
+        if isinstance(dice_loss_fraction, (bool, str)) or not isinstance(dice_loss_fraction, (int, float)) \
+                or not 0.0 <= float(dice_loss_fraction) <= 1.0:
             raise LandcoverError(f"dice_loss_fraction={dice_loss_fraction}: give a fraction between 0 and 1")
         self.data: ClassifiedTilesData | None = data
         self.classes: list[ClassInfo] = list(data.classes)
@@ -87,6 +88,9 @@ class UnetClassifier:
         self.class_balancing, self.focal_loss = bool(class_balancing), bool(focal_loss)
         self.dice_loss_fraction = float(dice_loss_fraction)
         self.mixup = _check_flag("mixup", mixup)
+        if self.mixup and data.batch_size < 2:
+            raise LandcoverError("mixup blends the chips of a batch with each other: give prepare_data(..., "
+                                 "batch_size=2) or more")
         self.dice_loss_average = _check_dice_average(dice_loss_average)
         self.ignore_classes = self._check_ignore(ignore_classes)
         self.net = UNet(len(self.band_names), len(self.classes) + 1, backbone)
@@ -151,6 +155,12 @@ class UnetClassifier:
                                          f"expects {tuple(own[key].shape)} (different bands?)")
                 use[key] = value
             self.net.load_state_dict(use, strict=False)
+            theirs = [int(b) for b in pkg.extract_bands]
+            if theirs != self.extract_bands:
+                # Legitimate transfer learning (as from ImageNet RGB), but often a slip: say so.
+                warnings.warn(f"{text}: the model was trained on bands {theirs} (0-based) of its imagery, this one "
+                              f"reads {self.extract_bands}; its first layer starts from weights learned on other "
+                              "bands", stacklevel=3)
         else:
             load_pretrained_encoder(self.net.encoder, path)
 
@@ -283,6 +293,12 @@ class UnetClassifier:
         if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != len(self.band_names):
             raise LandcoverError(f"{path}: the checkpoint takes {conv1.shape[1]} bands, the data has "
                                  f"{len(self.band_names)}; resume with the data it was trained on")
+        bands = meta.get("extract_bands")
+        if isinstance(bands, list) and bands != self.extract_bands:
+            # Same count, other bands: the weights would meet bands they were not trained on.
+            raise LandcoverError(f"{path}: the checkpoint was trained on bands {bands} (0-based; --extract-bands "
+                                 f"{' '.join(str(int(b) + 1) for b in bands)}) of the chips, this run reads "
+                                 f"{self.extract_bands}; resume with extract_bands={bands}")
         own = self.net.state_dict()
         for key in sorted(set(own) | set(weights)):
             if key not in weights or key not in own or own[key].shape != weights[key].shape:
@@ -350,6 +366,8 @@ class UnetClassifier:
             done = resumed["epochs_done"]
             raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
                                  f"epochs={done + 1} or more to train on")
+        if checkpoint and resume is None:
+            _check_working_dir(Path(data.working_dir) / "models" / "checkpoints", data.working_dir, "checkpoints")
         logger = self._tensorboard_logger(data) if tensorboard else False
         precision = resolve_precision(precision, accelerator)
         device = self._device(accelerator)
@@ -362,7 +380,8 @@ class UnetClassifier:
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         module = SegmentationModule(self.net, self._loss(), rates, self.classes, one_cycle, channels_last,
-                                    self._ignore_indices, resume=resumed, mixup=self.mixup)
+                                    self._ignore_indices, resume=resumed, mixup=self.mixup,
+                                    extract_bands=self.extract_bands)
         history = History(self._steps)
         callbacks: list = [ProgressTable(), history, *trainer_kwargs.pop("callbacks", [])]
         if logger:
@@ -428,7 +447,7 @@ class UnetClassifier:
             check_writable_dir(base)
         except LandcoverError:
             fallback = Path(data.working_dir) / TENSORBOARD_FOLDER
-            check_writable_dir(fallback)
+            _check_working_dir(fallback, data.working_dir, "TensorBoard logs (the data folder is read-only)")
             print(f"TensorBoard logs: {base.parent} is read-only, logging to {fallback} instead", flush=True)
             base = fallback
         version = _stamped_folder(base).name
@@ -513,6 +532,8 @@ class UnetClassifier:
         """
         per_class = self.metrics["per_class"]
         leave_out = set(_class_values("per_class_metrics", ignore_classes, [p["value"] for p in per_class]))
+        if per_class and all(p["value"] in leave_out for p in per_class):
+            raise LandcoverError(f"per_class_metrics(ignore_classes={ignore_classes!r}) leaves no class to show")
         return ClassMetrics({p["name"]: {k: p[k] for k in ("precision", "recall", "f1", "iou", "support")}
                              for p in per_class if p["value"] not in leave_out})
 
@@ -689,9 +710,13 @@ class UnetClassifier:
         self.mean, self.std = list(pkg.mean), list(pkg.std)
         self.tile_size, self.input_dtype, self.nodata = pkg.tile_size, pkg.input_dtype, pkg.nodata
         self.cell_size, self.crs_wkt = pkg.cell_size, pkg.crs_wkt
-        # Training options start at their defaults (the package's ModelParameters record how it was trained).
-        self.class_balancing, self.focal_loss, self.dice_loss_fraction = False, False, 0.0
-        self.mixup, self.dice_loss_average = False, "micro"
+        # Training options as the package records them (ModelParameters, as arcgis.learn passes them back to the
+        # constructor); missing or malformed ones take their defaults.
+        recorded = pkg.extra.get("ModelParameters")
+        options = _training_options_from(recorded if isinstance(recorded, dict) else {})
+        self.class_balancing, self.focal_loss = options["class_balancing"], options["focal_loss"]
+        self.dice_loss_fraction, self.dice_loss_average = options["dice_loss_fraction"], options["dice_loss_average"]
+        self.mixup = options["mixup"]
         self.ignore_classes = list(pkg.ignore_classes)
         self.net = pkg.build_model().train()
         self._init_state()
@@ -724,6 +749,30 @@ class UnetClassifier:
         options = "".join(f", {k}={v!r}" for k, v in self._training_options().items()
                           if v != TRAINING_DEFAULTS[k])
         return f"UnetClassifier(backbone={self.backbone!r}, bands={self.band_names}, classes=[{names}]{options})"
+
+
+def _check_working_dir(folder: Path, working_dir: Path, what: str) -> None:
+    """``folder`` (under the working folder) can be written, or one line saying how to choose another."""
+    try:
+        check_writable_dir(folder)
+    except LandcoverError:
+        raise LandcoverError(f"{folder}: {what} go here, under the working folder {working_dir}, which is not "
+                             "writable; give prepare_data(..., working_dir=<a writable folder>)") from None
+
+
+def _training_options_from(recorded: dict) -> dict:
+    """The training options of a package's ModelParameters, each checked; defaults where missing or malformed."""
+    options = dict(TRAINING_DEFAULTS)
+    for key, default in TRAINING_DEFAULTS.items():
+        value = recorded.get(key)
+        if isinstance(default, bool) and isinstance(value, bool):
+            options[key] = value
+        elif key == "dice_loss_fraction" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and 0.0 <= float(value) <= 1.0:
+            options[key] = float(value)
+        elif key == "dice_loss_average" and value in DICE_AVERAGES:
+            options[key] = value
+    return options
 
 
 def _check_flag(name: str, value) -> bool:

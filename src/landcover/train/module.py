@@ -73,9 +73,10 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(self, net: UNet, loss: SegmentationLoss, lrs: list[float], classes: list[ClassInfo],
                  one_cycle: bool = True, channels_last: bool = False, ignore_indices: tuple[int, ...] = (),
-                 resume: dict | None = None, mixup: bool = False):
+                 resume: dict | None = None, mixup: bool = False, extract_bands: list[int] | None = None):
         super().__init__()
         self.net, self.loss_fn, self.mixup = net, loss, bool(mixup)
+        self.extract_bands = list(range(net.in_channels)) if extract_bands is None else list(extract_bands)
         self.lrs, self.one_cycle, self.channels_last = list(lrs), one_cycle, channels_last
         self.classes, self.ignore_indices = classes, ignore_indices
         self.resume = resume
@@ -117,6 +118,7 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Read back by UnetClassifier._check_resume to name what does not match (plain values: weights_only).
         checkpoint["landcover"] = {"backbone": self.net.backbone, "bands": int(self.net.in_channels),
+                                   "extract_bands": [int(b) for b in self.extract_bands],
                                    "classes": [int(c.value) for c in self.classes]}
 
     def configure_optimizers(self):
