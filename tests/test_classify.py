@@ -504,3 +504,32 @@ def test_resume_refusal_names_the_innermost_difference():
     assert _first_difference("grid", grid, {**grid, "transform": [0.1, 0, 10]}) == (
         "grid.transform", [0.5, 0, 10], [0.1, 0, 10])
     assert _first_difference("tile", 64, 96) == ("tile", 64, 96)
+
+
+def test_cell_size_far_from_the_models_is_warned(model_dir, raster, tmp_path, capsys):
+    """A model trained at 0.5 m applied to 1 m imagery: a warning naming the cell size to resample to (one line
+    from the CLI); none when the cell size is given or matches."""
+    import dataclasses
+    import warnings
+
+    from rasterio.crs import CRS
+
+    from landcover.classify import CellSizeWarning
+    from landcover.package import load_package
+
+    path, _ = raster
+    pkg = load_package(model_dir)
+    fine = save_package(dataclasses.replace(pkg, cell_size=(0.5, 0.5), crs_wkt=CRS.from_epsg(32617).to_wkt()),
+                        tmp_path / "fine")
+    same = save_package(dataclasses.replace(pkg, cell_size=(1.0, 1.0), crs_wkt=CRS.from_epsg(32617).to_wkt()),
+                        tmp_path / "same")
+    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*--cell-size 0.5"):
+        classify_pixels(path, fine, tmp_path / "a.tif", padding=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CellSizeWarning)
+        classify_pixels(path, same, tmp_path / "b.tif", padding=8, progress=False)
+        classify_pixels(path, fine, tmp_path / "c.tif", padding=8, cell_size=2, progress=False)
+    code, err = cli(capsys, "--model", fine, "--imagery", path, "--out", tmp_path / "d.tif", "--padding", 8)
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and lines[0].startswith("landcover classify: warning: ") and "--cell-size 0.5" in lines[0]

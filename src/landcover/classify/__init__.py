@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,12 @@ SMALL_JOB_SECONDS = 30
 COMPILE_JOB_SECONDS = 120
 #: block edge in pixels when not given
 DEFAULT_BLOCK = 4096
+#: imagery cell sizes this many times finer or coarser than the model's training cell size are warned about
+CELL_SIZE_RATIO = 1.5
+
+
+class CellSizeWarning(UserWarning):
+    """The imagery's cell size is far from the one the model was trained at (``landcover classify`` prints it)."""
 
 
 def classify_pixels(
@@ -82,6 +89,8 @@ def classify_pixels(
     arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
     learns that class. ``extent`` (xmin, ymin, xmax, ymax in
     ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
+    Without ``cell_size``, imagery whose cell size is 1.5 times finer or coarser than the model's training cell
+    size gets a :class:`CellSizeWarning` naming the cell size to give.
     ``probabilities`` writes a second COG with one uint8 band per class (p * 255).
 
     The raster is processed in blocks of about ``block_size`` pixels (default 4096, smaller when that gives
@@ -127,6 +136,8 @@ def classify_pixels(
     with rasterio.Env(**GDAL_ENV), open_imagery(paths) as ds:
         _check_imagery(ds, pkg, paths[0])
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
+        if cell_size is None:
+            _check_cell_size(grid, pkg, paths[0])
         tile = int(pkg.tile_size if tile_size is None else tile_size)
         pad = tile // 4 if padding is None else int(padding)
         if tile < 16:
@@ -182,6 +193,26 @@ def classify_pixels(
              f"{t_blocks - t_start:.1f} s, blocks {t_assembly - t_blocks:.1f} s, assembly {t_end - t_assembly:.1f} s)"
              f" -> {output}")
     return output
+
+
+def _check_cell_size(grid: Grid, pkg, name: str) -> None:
+    """Warn when the imagery's cell size is far from the model's training cell size: a model sees objects at the
+    scale it learned them (a 1 m model on 10 m imagery mostly sees textures it never met). Only compared when
+    both CRSs measure in metres (geographic imagery has no single cell size in metres)."""
+    if not pkg.cell_size or not pkg.crs_wkt:
+        return
+    try:
+        model_crs = rasterio.crs.CRS.from_wkt(pkg.crs_wkt)
+        units = [c.linear_units_factor for c in (grid.crs, model_crs)]
+    except (rasterio.errors.CRSError, ValueError, AttributeError):
+        return  # geographic, or a CRS without linear units
+    (_, f_img), (_, f_model) = units
+    image = abs(grid.transform.a) * f_img
+    model = float(pkg.cell_size[0]) * f_model
+    if image > 0 and model > 0 and max(image / model, model / image) >= CELL_SIZE_RATIO:
+        warnings.warn(f"{name}: cell size {image:g} m, the model was trained at {model:g} m; classify with "
+                      f"--cell-size {model / f_img:g} (cell_size={model / f_img:g}) to resample to it",
+                      CellSizeWarning, stacklevel=3)
 
 
 def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size, tta,

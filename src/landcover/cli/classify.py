@@ -42,8 +42,28 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..classify import classify_pixels
+    import sys
+    import warnings
 
+    from ..classify import CellSizeWarning, classify_pixels
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # Ours as one line of our own; anything else keeps Python's display.
+        if issubclass(category, CellSizeWarning):
+            print(f"landcover classify: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CellSizeWarning)
+        warnings.showwarning = showwarning
+        _classify(args, classify_pixels)
+    return 0
+
+
+def _classify(args, classify_pixels) -> None:
     classify_pixels(
         args.imagery if len(args.imagery) > 1 else args.imagery[0], args.model, args.out,
         padding=args.padding, batch_size=args.batch_size, predict_background=not args.no_predict_background,
@@ -52,4 +72,3 @@ def run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
         backend=args.backend, block_size=args.block_size, progress=not args.quiet,
     )
-    return 0
