@@ -8,9 +8,11 @@ print one line on stderr and exit with code 2, as do errors of the system (disk 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import sys
+import warnings
 
 from ..errors import LandcoverError
 
@@ -25,6 +27,24 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@contextlib.contextmanager
+def own_warnings(category: type[Warning], handle):
+    """Inside the block, warnings of ``category`` (landcover's own, always shown) go to ``handle(message)``;
+    any other warning (e.g. a dependency's deprecation notice) keeps Python's filters and display."""
+    show = warnings.showwarning
+
+    def showwarning(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            handle(str(message))
+        else:
+            show(message, cat, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        warnings.showwarning = showwarning
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:

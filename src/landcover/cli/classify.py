@@ -43,32 +43,20 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import sys
-    import warnings
 
     from ..classify import CellSizeWarning, classify_pixels
+    from . import own_warnings
 
-    show = warnings.showwarning
+    def say(message: str) -> None:  # at once: a long run can still be stopped and rerun with --cell-size
+        print(f"landcover classify: warning: {message}", file=sys.stderr, flush=True)
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        # Ours as one line of our own; anything else keeps Python's display.
-        if issubclass(category, CellSizeWarning):
-            print(f"landcover classify: warning: {message}", file=sys.stderr, flush=True)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", CellSizeWarning)
-        warnings.showwarning = showwarning
-        _classify(args, classify_pixels)
+    with own_warnings(CellSizeWarning, say):
+        classify_pixels(
+            args.imagery if len(args.imagery) > 1 else args.imagery[0], args.model, args.out,
+            padding=args.padding, batch_size=args.batch_size, predict_background=not args.no_predict_background,
+            test_time_augmentation=args.tta, tile_size=args.tile_size, extent=args.extent,
+            extent_crs=args.extent_crs, cell_size=args.cell_size, probabilities=args.probabilities,
+            scheduler=args.scheduler, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+            backend=args.backend, block_size=args.block_size, progress=not args.quiet,
+        )
     return 0
-
-
-def _classify(args, classify_pixels) -> None:
-    classify_pixels(
-        args.imagery if len(args.imagery) > 1 else args.imagery[0], args.model, args.out,
-        padding=args.padding, batch_size=args.batch_size, predict_background=not args.no_predict_background,
-        test_time_augmentation=args.tta, tile_size=args.tile_size, extent=args.extent,
-        extent_crs=args.extent_crs, cell_size=args.cell_size, probabilities=args.probabilities,
-        scheduler=args.scheduler, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-        backend=args.backend, block_size=args.block_size, progress=not args.quiet,
-    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-import warnings
+
+from . import own_warnings
 
 
 def register(sub) -> None:
@@ -63,20 +64,9 @@ def register(sub) -> None:
 def _evaluate(args) -> int:
     from ..evaluate import AccuracyWarning, evaluate
 
-    # Only the report's own warnings are printed as ours (after the table). Anything else, e.g. a dependency's
-    # PendingDeprecationWarning, keeps Python's usual filters and display (by default: not shown at all).
+    # The report's own warnings are printed after the table.
     ours: list[str] = []
-    show = warnings.showwarning
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, AccuracyWarning):
-            ours.append(str(message))
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", AccuracyWarning)
-        warnings.showwarning = showwarning
+    with own_warnings(AccuracyWarning, ours.append):
         report = evaluate(args.prediction, args.reference, class_field=args.class_field, out=args.out,
                           sample=args.sample, strategy=args.strategy, seed=args.seed)
     print(report.format_table())

@@ -154,6 +154,7 @@ def register(sub) -> None:
 
 def _prepare(args, working_dir: Path):
     from ..data import prepare_data
+    from ..data.prepare import ExtractBandsError
     from ..train import UnetClassifier
 
     bands = [b - 1 for b in args.extract_bands] if args.extract_bands else None
@@ -162,12 +163,9 @@ def _prepare(args, working_dir: Path):
                             val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
                             working_dir=working_dir, extract_bands=bands, stratify=args.stratify,
                             norm_pct=args.norm_pct)
-    except LandcoverError as exc:
+    except ExtractBandsError as exc:
         # The API counts bands from 0, the CLI (as GDAL) from 1.
-        chips = re.search(r"the chips have (\d+) band", str(exc))
-        if not (str(exc).startswith("extract_bands=") and chips):
-            raise
-        n = int(chips[1])
+        n = exc.band_count
         raise LandcoverError(f"--extract-bands {' '.join(map(str, args.extract_bands))}: give distinct bands "
                              f"from 1 to {n} (the chips have {n} band{'s' if n != 1 else ''})") from None
     model = UnetClassifier(data, backbone=args.backbone, pretrained_path=args.pretrained,

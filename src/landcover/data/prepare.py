@@ -35,6 +35,15 @@ NORM_PCT_ALL_BELOW = 300
 DATASET_TYPE = "Classified_Tiles"
 
 
+class ExtractBandsError(LandcoverError):
+    """``extract_bands`` does not fit the chips, which have ``band_count`` bands (the CLI words it in its own,
+    1-based, terms)."""
+
+    def __init__(self, message: str, band_count: int):
+        super().__init__(message)
+        self.band_count = band_count
+
+
 @dataclass(frozen=True)
 class _Header:
     bands: int
@@ -314,9 +323,12 @@ def band_indices(value: object, n: int, name: str, *, distinct: bool, length: in
 def _check_extract_bands(extract_bands: Sequence[int] | None, n: int) -> list[int]:
     if extract_bands is None:
         return list(range(n))
-    return band_indices(extract_bands, n, "extract_bands", distinct=True, length=None,
-                        hint=f"the chips have {n} band{'s' if n != 1 else ''}: give distinct 0-based indices "
-                        f"0..{n - 1}, e.g. {[n - 1, 0, 1] if n >= 3 else list(range(n))}")
+    try:
+        return band_indices(extract_bands, n, "extract_bands", distinct=True, length=None,
+                            hint=f"the chips have {n} band{'s' if n != 1 else ''}: give distinct 0-based indices "
+                            f"0..{n - 1}, e.g. {[n - 1, 0, 1] if n >= 3 else list(range(n))}")
+    except LandcoverError as exc:
+        raise ExtractBandsError(str(exc), n) from None
 
 
 def check_rgb_bands(rgb_bands: Sequence[int], band_names: list[str]) -> list[int]:

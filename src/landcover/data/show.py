@@ -88,10 +88,8 @@ def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, nco
     from ..errors import LandcoverError
     from .prepare import check_rgb_bands
 
-    rows, ncols = _positive_int(rows, "rows"), _positive_int(ncols, "ncols")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
-            or not 0 <= float(alpha) <= 1:
-        raise LandcoverError(f"alpha={alpha!r}: give the labels' opacity, from 0 (hidden) to 1 (opaque)")
+    rows, ncols = check_count(rows, "rows", "show_batch"), check_count(ncols, "ncols", "show_batch")
+    alpha = check_opacity(alpha)
     loader = str(data_loader).strip().lower() if isinstance(data_loader, str) else None
     if loader not in ("training", "validation"):
         raise LandcoverError(f"data_loader={data_loader!r}: give 'training' or 'validation'")
@@ -117,14 +115,25 @@ def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, nco
         lab = label.numpy()
         present |= set(np.unique(lab).tolist())
         ax.imshow(to_rgb(raw, bands))
-        ax.imshow(label_rgba(lab, data.classes, float(alpha)))
+        ax.imshow(label_rgba(lab, data.classes, alpha))
     add_legend(fig, data.classes, present)
     return fig
 
 
-def _positive_int(value: object, name: str) -> int:
+def check_count(value: object, name: str, call: str) -> int:
+    """A number of rows or panels: a whole number of at least 1, or one line naming ``call(name=value)``."""
     from ..errors import LandcoverError
 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise LandcoverError(f"{name}={value!r}: give a whole number of panels, at least 1")
+        raise LandcoverError(f"{call}({name}={value!r}): give a whole number of at least 1")
     return int(value)
+
+
+def check_opacity(value: object) -> float:
+    """The opacity of labels drawn over imagery: a number from 0 (hidden) to 1 (opaque), or one line."""
+    from ..errors import LandcoverError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(value) <= 1:
+        raise LandcoverError(f"alpha={value!r}: give an opacity from 0 to 1 (0: hidden, 1: opaque)")
+    return float(value)

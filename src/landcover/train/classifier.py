@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ..classes import ClassInfo
+from ..data.show import check_count, check_opacity
 from ..errors import LandcoverError
 from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
@@ -550,9 +550,7 @@ class UnetClassifier:
         image only, 1: classes only; default 0.7 as ``show_batch``).
         """
         data = self._need_data("show_results")
-        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
-            raise LandcoverError(f"show_results(rows={rows!r}): give a whole number of at least 1")
-        alpha = _check_alpha(alpha)
+        rows, alpha = check_count(rows, "rows", "show_results"), check_opacity(alpha)
         n = min(int(rows), len(data.valid_ds))
         items = [data.valid_ds[i] for i in range(n)]
         x = torch.stack([img for img, _ in items])
@@ -786,16 +784,6 @@ def _check_dice_average(value) -> str:
     if isinstance(value, str) and value in DICE_AVERAGES:
         return value
     raise LandcoverError(f"dice_loss_average={value!r}: choose {' or '.join(repr(v) for v in DICE_AVERAGES)}")
-
-
-def _check_alpha(value) -> float:
-    try:
-        alpha = float(value)
-    except (TypeError, ValueError):
-        alpha = math.nan
-    if isinstance(value, bool) or not 0.0 <= alpha <= 1.0:
-        raise LandcoverError(f"alpha={value!r}: give an opacity from 0 to 1 (e.g. 0.7)")
-    return alpha
 
 
 def _class_values(what: str, values, known: list[int]) -> list[int]:
