@@ -139,3 +139,28 @@ def test_truncated_raster_is_one_line(tmp_path):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(LandcoverError, match="cut.tif: cannot read its pixels"):
         class_areas(cut)
+
+
+@pytest.mark.parametrize("command, out_name, extra", [
+    ("areas", "a.csv", []),
+    ("evaluate", "report.json", ["--reference", "{raster}"]),
+    ("map", "map.png", []),
+    ("vectorize", "p.gpkg", []),
+])
+def test_cli_outputs_are_replaced_only_with_overwrite(tmp_path, capsys, command, out_name, extra):
+    """As classify and train: an existing output is refused in one line, and replaced with --overwrite."""
+    a = np.array([[1, 1, 2, 2]] * 4, np.uint8)
+    path = write_raster(tmp_path / "c.tif", a, nodata=0)
+    write_class_table(path, [ClassInfo(1, "Water", (0, 0, 255)), ClassInfo(2, "Trees", (0, 128, 0))])
+    source = ["--classified", str(path)] if command == "map" else (
+        ["--prediction", str(path)] if command == "evaluate" else [str(path)])
+    out = tmp_path / out_name
+    args = [command, *source, *[e.format(raster=path) for e in extra], "--out", str(out)]
+    assert main(args) == 0 and out.exists()
+    before = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{out}: exists; add --overwrite" in err
+    assert out.stat().st_mtime_ns == before
+    assert main([*args, "--overwrite"]) == 0

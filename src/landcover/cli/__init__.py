@@ -29,6 +29,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def refuse_existing(overwrite: bool, *paths) -> None:
+    """Outputs are not replaced without --overwrite (as classify and train do): one line naming the file."""
+    from pathlib import Path
+
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise LandcoverError(f"{path}: exists; add --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def own_warnings(category: type[Warning], handle):
     """Inside the block, warnings of ``category`` (landcover's own, always shown) go to ``handle(message)``;

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from . import own_warnings
+from . import own_warnings, refuse_existing
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
                    help="sampling: stratified (proportional to class area, at least min(50, N/classes) per "
                    "class), equalized (same per class) or random (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: %(default)s)")
+    _overwrite_arg(p)
     p.set_defaults(func=_evaluate)
 
     a = sub.add_parser("areas", help="pixels, hectares and percent of each class",
@@ -31,6 +33,7 @@ def register(sub) -> None:
                        "hectares and percent; no data excluded.")
     a.add_argument("raster", metavar="P.tif", help="classified raster")
     a.add_argument("--out", metavar="areas.csv", help="write the table as CSV")
+    _overwrite_arg(a)
     a.set_defaults(func=_areas)
 
     m = sub.add_parser("map", help="a PNG map or a self-contained interactive HTML map",
@@ -47,6 +50,7 @@ def register(sub) -> None:
                    help="PNG size in pixels (default: 1000 high, as wide as the raster's shape and the legend need)")
     m.add_argument("--max-size", type=int, metavar="PX", help="longest side of the layers read (default: the "
                    "PNG's longer side; 2048 for HTML)")
+    _overwrite_arg(m)
     m.set_defaults(func=_map)
 
     v = sub.add_parser("vectorize", help="polygons per class with a minimum mapping unit (GeoPackage)",
@@ -58,12 +62,20 @@ def register(sub) -> None:
                    "geographic CRSs); smaller patches merge into their largest neighbour")
     v.add_argument("--connectivity", type=int, choices=(4, 8), default=4, help="pixel connectivity "
                    "(default: %(default)s)")
+    _overwrite_arg(v)
     v.set_defaults(func=_vectorize)
+
+
+def _overwrite_arg(p) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def _evaluate(args) -> int:
     from ..evaluate import AccuracyWarning, evaluate
 
+    if args.out:
+        out = Path(args.out)
+        refuse_existing(args.overwrite, out, out.with_name(f"{out.stem}_confusion.png"))
     # The report's own warnings are printed after the table.
     ours: list[str] = []
     with own_warnings(AccuracyWarning, ours.append):
@@ -80,6 +92,7 @@ def _evaluate(args) -> int:
 def _areas(args) -> int:
     from ..areas import class_areas
 
+    refuse_existing(args.overwrite, args.out)
     table = class_areas(args.raster, out=args.out)
     print(table.format_table())
     if args.out:
@@ -90,6 +103,7 @@ def _areas(args) -> int:
 def _map(args) -> int:
     from ..maps import render_map
 
+    refuse_existing(args.overwrite, args.out)
     result = render_map(args.classified, imagery=args.imagery, bands=args.bands, out=args.out, title=args.title,
                         opacity=args.opacity, size=tuple(args.size) if args.size else None,
                         max_size=args.max_size)
@@ -100,6 +114,7 @@ def _map(args) -> int:
 def _vectorize(args) -> int:
     from ..vectorize import vectorize
 
+    refuse_existing(args.overwrite, args.out)
     result = vectorize(args.raster, args.out, min_area=args.min_area, connectivity=args.connectivity)
     print(f"polygons: {result['path']} ({result['features']:,} features, minimum {result['min_area_pixels']} "
           "pixel(s))")
