@@ -117,6 +117,10 @@ def test_open_imagery_stacks_band_files(make_raster):
     c = make_raster("b3.tif", np.full((5, 5), 2, "uint16"), transform=from_origin(0, 0, 1, 1))
     with pytest.raises(LandcoverError, match="b3.tif: band file is not on the grid"):
         open_imagery([a, c])
+    # every band of each file, in order: an RGB file then a NIR file make bands 1-4
+    rgb = make_raster("rgb.tif", np.stack([np.full((5, 5), v, "uint16") for v in (10, 20, 30)]))
+    with open_imagery([rgb, b]) as ds:
+        assert ds.count == 4 and [int(ds.read(i)[0, 0]) for i in range(1, 5)] == [10, 20, 30, 2]
 
 
 def test_iter_windows_cover_edges():

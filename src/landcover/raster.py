@@ -294,9 +294,10 @@ def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:
 
 
 def open_imagery(paths: Sequence[str | os.PathLike]):
-    """Open imagery: one multi-band raster (or VRT), or several single-band files stacked in the given order.
+    """Open imagery: one multi-band raster (or VRT), or several rasters whose bands are stacked in the given
+    order (every band of each file: e.g. an RGB file then a NIR file make bands 1-4).
 
-    Band files must share CRS, transform and size; they are stacked through a VRT held in memory, so nothing
+    The files must share CRS, transform and size; they are stacked through a VRT held in memory, so nothing
     is copied. Returns an open rasterio dataset.
     """
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]

@@ -12,7 +12,7 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="model package: .emd, .dlpk or package folder")
     p.add_argument("--imagery", required=True, nargs="+", metavar="IMG",
-                   help="one raster, or several single-band files stacked in order")
+                   help="one raster, or several rasters on one grid whose bands are stacked in order (e.g. rgb.tif nir.tif)")
     p.add_argument("--out", required=True, metavar="OUT.tif", help="classified raster to write")
     p.add_argument("--padding", type=int, help="context pixels on each tile side (default: a quarter of the "
                    "tile; 64 with --tile-size 1024 is about 3x faster)")

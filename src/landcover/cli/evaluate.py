@@ -41,7 +41,7 @@ def register(sub) -> None:
                        ".html gives an offline page with pan/zoom, layer toggles, opacity and the class under "
                        "the cursor.")
     m.add_argument("--classified", required=True, metavar="P.tif", help="classified raster")
-    m.add_argument("--imagery", nargs="+", metavar="IMG", help="imagery underneath (a raster or band files)")
+    m.add_argument("--imagery", nargs="+", metavar="IMG", help="imagery underneath (a raster, or rasters on one grid whose bands are stacked)")
     m.add_argument("--bands", nargs="+", type=int, metavar="B", help="imagery bands, from 1 (e.g. 4 1 2)")
     m.add_argument("--out", required=True, metavar="map.png|map.html", help="output map")
     m.add_argument("--title", help="map title (default: the classified file's name)")

@@ -28,7 +28,8 @@ def register(sub) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--imagery", nargs="+", required=True, metavar="IMG",
-                   help="one raster or VRT, or single-band rasters on one grid stacked in this order")
+                   help="one raster or VRT, or several rasters on one grid whose bands are stacked in this order "
+                   "(e.g. rgb.tif nir.tif)")
     p.add_argument("--labels", required=True,
                    help="classified raster (values 1..255, 0 = no data) or polygons (GeoPackage, Shapefile, "
                    "GeoJSON)")
