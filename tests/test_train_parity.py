@@ -589,3 +589,43 @@ def test_cli_extract_bands_say_they_count_from_1(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["train", str(chips), "--out", str(tmp_path / "m"), "--extract-bands", "3", "0", "1"])
     assert "counted from 1" in capsys.readouterr().err
+
+
+# --- 9. freeze / unfreeze / load / backbones / available_metrics ---------------------------------------------
+
+
+def test_freeze_trains_only_decoder_head_and_encoder_batch_norm(data):
+    torch.manual_seed(0)
+    model = UnetClassifier(data, backbone="resnet18")
+    assert "resnet34" in UnetClassifier.backbones() and model.available_metrics == ["valid_loss", "accuracy", "miou"]
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.freeze()
+    frozen = {n for n, p in model.net.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("encoder.") and "bn" not in n for n in frozen)
+    assert "encoder.conv1.weight" in frozen and "encoder.bn1.weight" not in frozen
+    model.fit(1, lr=1e-2, checkpoint=False)
+    after = model.net.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert not torch.equal(before["encoder.bn1.weight"], after["encoder.bn1.weight"])
+    model.unfreeze().fit(1, lr=1e-2, checkpoint=False)
+    assert all(p.requires_grad for p in model.net.parameters())
+    assert not torch.equal(before["encoder.conv1.weight"], model.net.state_dict()["encoder.conv1.weight"])
+
+
+def test_load_puts_a_saved_models_weights_into_this_one(data, tmp_path):
+    torch.manual_seed(0)
+    saved = UnetClassifier(data, backbone="resnet18")
+    saved.save("loadme", compute_metrics=False)  # -> <working_dir>/models/loadme
+    torch.manual_seed(1)
+    other = UnetClassifier(data, backbone="resnet18")
+    assert not torch.equal(other.net.state_dict()["head.weight"], saved.net.state_dict()["head.weight"])
+    assert other.load("loadme") is other
+    assert all(torch.equal(v, saved.net.state_dict()[k]) for k, v in other.net.state_dict().items())
+    chips = write_export(tmp_path / "two", n_chips=6, values=(1, 3), names=("Water", "Trees"))
+    stranger = UnetClassifier(prepare_data(chips, batch_size=2, val_split_pct=0.25), backbone="resnet18")
+    with pytest.raises(LandcoverError) as err:
+        stranger.load(Path(data.working_dir) / "models" / "loadme")
+    assert "classes [1, 3, 7] differ" in _one_line(err) and "pretrained_path" in _one_line(err)
+    with pytest.raises(LandcoverError):
+        other.load("no-such-model")

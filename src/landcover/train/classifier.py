@@ -183,6 +183,59 @@ class UnetClassifier:
     def _device(accelerator: str = "auto") -> torch.device:
         return torch.device("cuda" if on_cuda(accelerator) else "cpu")
 
+    # --- arcgis.learn's model helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def backbones() -> list[str]:
+        """The encoders ``backbone=`` accepts."""
+        return list(BACKBONES)
+
+    @property
+    def available_metrics(self) -> list[str]:
+        """What ``fit(monitor=...)`` can monitor."""
+        return list(MONITORS)
+
+    def freeze(self) -> UnetClassifier:
+        """Train only the decoder and head from now on: the encoder's convolutions are fixed, its batch-norm
+        layers still learn (as fastai's ``freeze``, which arcgis.learn applies to a pretrained encoder before the
+        first ``fit``). landcover trains the whole network by default; with ImageNet weights
+        (``pretrained_path``) ``freeze()``, ``fit``, ``unfreeze()``, ``fit`` follows arcgis.learn's recipe."""
+        for module in self.net.encoder.modules():
+            if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(False)
+        return self
+
+    def unfreeze(self) -> UnetClassifier:
+        """Train every layer again (after :meth:`freeze`)."""
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        return self
+
+    def load(self, name_or_path: str | os.PathLike) -> UnetClassifier:
+        """Load the weights of a saved package into this model (arcgis.learn's ``load``): a name saved with
+        :meth:`save` (``<working_dir>/models/<name>``), or a package folder, ``.emd`` or ``.dlpk``. It must have
+        this model's backbone, bands and classes; to start from a model of other classes use
+        ``UnetClassifier(data, pretrained_path=...)``."""
+        path = Path(name_or_path)
+        if not str(name_or_path).strip():
+            raise LandcoverError("load(''): give the name or path of a saved model")
+        if not path.exists() and len(path.parts) == 1 and path.suffix.lower() not in (".emd", ".dlpk"):
+            path = self._models_folder() / path.name
+        pkg = load_package(path)
+        fix = "start from it with UnetClassifier(data, pretrained_path=...) instead"
+        if pkg.backbone != self.backbone:
+            raise LandcoverError(f"{path}: the model has backbone {pkg.backbone}, this one {self.backbone}; {fix}")
+        if [c.value for c in pkg.classes] != [c.value for c in self.classes]:
+            raise LandcoverError(f"{path}: the model's classes {[c.value for c in pkg.classes]} differ from these "
+                                 f"{[c.value for c in self.classes]}; {fix}")
+        if [int(b) for b in pkg.extract_bands] != self.extract_bands:
+            raise LandcoverError(f"{path}: the model reads bands {list(pkg.extract_bands)} (0-based), this one "
+                                 f"{self.extract_bands}; {fix}")
+        self.net.load_state_dict(pkg.state_dict)
+        self._metrics = None
+        return self
+
     # --- learning rate -------------------------------------------------------------------------------------
 
     def lr_find(self, allow_plot: bool = True, num_steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -665,13 +718,15 @@ class UnetClassifier:
         if path.is_absolute() or len(path.parts) > 1:
             check_writable_dir(path.parent)
             return path
+        return self._models_folder() / path.name
+
+    def _models_folder(self) -> Path:
+        """``<working_dir>/models``, where plain package names go (as arcgis.learn's)."""
         if self.data is not None:
-            base = self.data.working_dir
-        elif self._package_path is not None:
-            base = self._package_path.parent.parent.parent  # <base>/models/<name>/<name>.emd
-        else:
-            base = Path.cwd()
-        return base / "models" / path.name
+            return Path(self.data.working_dir) / "models"
+        if self._package_path is not None:
+            return self._package_path.parent.parent  # <base>/models/<name>/<name>.emd
+        return Path.cwd() / "models"
 
     def _facts(self) -> dict[str, str]:
         facts = {"Model": "UnetClassifier", "Backbone": self.backbone, "Bands": _bands_text(self.band_names, self.extract_bands),
