@@ -77,6 +77,16 @@ def check_class_values(data: np.ndarray, valid: np.ndarray, path: str, what: str
                              "raster or set its nodata")
 
 
+def class_strips(ds, path: str):
+    """``(window, band 1, pixels with a class)`` strip by strip over a classified raster, each strip read and its
+    class values checked (read errors and non-whole float values are one line naming ``path``)."""
+    for win in strips(ds.width, ds.height):
+        data = read_band(ds, win, path)
+        valid = class_mask(data, ds.nodata)
+        check_class_values(data, valid, path)
+        yield win, data, valid
+
+
 def as_class_values(data: np.ndarray) -> np.ndarray:
     """Class values as int64 (float rasters holding whole numbers are rounded, not truncated)."""
     if data.dtype.kind == "f":
@@ -240,10 +250,7 @@ def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None)
         areas = PixelAreas(grid, path)
         pixels: dict[int, float] = {}
         area: dict[int, float] = {}
-        for win in strips(ds.width, ds.height):
-            data = read_band(ds, win, path)
-            valid = class_mask(data, ds.nodata)
-            check_class_values(data, valid, path)
+        for win, data, valid in class_strips(ds, path):
             values = as_class_values(data[valid])
             for k, n in sum_by_value(values).items():
                 pixels[k] = pixels.get(k, 0) + n

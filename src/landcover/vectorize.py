@@ -24,15 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .areas import (
-    PixelAreas,
-    as_class_values,
-    check_class_values,
-    check_classified,
-    class_mask,
-    read_band,
-    strips,
-)
+from .areas import PixelAreas, as_class_values, check_classified, class_strips, strips
 from .classes import read_class_table
 from .errors import LandcoverError
 from .raster import Grid, atomic_output, check_writable_dir, open_raster
@@ -138,10 +130,7 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
 def _copy_classes(ds, dest: np.memmap) -> bool:
     """Copy the class values into ``dest`` with every kind of no data as 0; True if any pixel has a class."""
     found = False
-    for win in strips(ds.width, ds.height):
-        data = read_band(ds, win, ds.name)
-        valid = class_mask(data, ds.nodata)
-        check_class_values(data, valid, ds.name)
+    for win, data, valid in class_strips(ds, ds.name):
         block = np.where(valid, as_class_values(data), 0)
         if block.dtype != dest.dtype:
             info = np.iinfo(dest.dtype)

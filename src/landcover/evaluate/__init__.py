@@ -20,16 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..areas import (
-    PixelAreas,
-    as_class_values,
-    check_class_values,
-    check_classified,
-    class_mask,
-    read_band,
-    strips,
-    sum_by_value,
-)
+from ..areas import PixelAreas, as_class_values, check_classified, class_strips, sum_by_value
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError
 from ..raster import Grid, open_raster
@@ -228,10 +219,7 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
     areas = PixelAreas(grid, ds.name) if sample is not None and grid.crs is not None else None
     strata_m2: dict[int, float] = {}
     unassessed = unmapped = 0
-    for win in strips(grid.width, grid.height):
-        data = read_band(ds, win, path)
-        pvalid = class_mask(data, ds.nodata)
-        check_class_values(data, pvalid, path)
+    for win, data, pvalid in class_strips(ds, path):  # grid is the prediction's own
         rvals, rvalid = ref.read(win)
         both = pvalid & rvalid
         unassessed += int(np.count_nonzero(pvalid & ~rvalid))
