@@ -68,18 +68,16 @@ class ClassifiedTilesData:
     (value → labelled pixels), ``train_ds``/``valid_ds`` and ``train_dl``/``valid_dl``.
     """
 
-    def __init__(self, *, paths: list[Path], classes: list[ClassInfo], band_names: list[str], mean: np.ndarray,
-                 std: np.ndarray, chip_size: int, export_chip_size: tuple[int, int], input_dtype: str,
-                 nodata: float | None, cell_size: tuple[float, float] | None, crs_wkt: str | None,
-                 class_pixel_counts: dict[int, int], train_ds: ChipDataset, valid_ds: ChipDataset,
-                 batch_size: int, num_workers: int, seed: int, working_dir: Path,
-                 extract_bands: list[int] | None = None, chip_band_names: list[str] | None = None,
-                 rgb_bands: list[int] | None = None):
+    def __init__(self, *, paths: list[Path], classes: list[ClassInfo], chip_band_names: list[str],
+                 extract_bands: list[int], mean: np.ndarray, std: np.ndarray, chip_size: int,
+                 export_chip_size: tuple[int, int], input_dtype: str, nodata: float | None,
+                 cell_size: tuple[float, float] | None, crs_wkt: str | None, class_pixel_counts: dict[int, int],
+                 train_ds: ChipDataset, valid_ds: ChipDataset, batch_size: int, num_workers: int, seed: int,
+                 working_dir: Path, rgb_bands: list[int] | None = None):
         self.paths, self.path = paths, paths[0]
-        self.classes, self.band_names = classes, band_names
-        self.extract_bands = list(extract_bands) if extract_bands is not None else list(range(len(band_names)))
-        self.chip_band_names = list(chip_band_names) if chip_band_names is not None else list(band_names)
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else rgb_band_indices(band_names)
+        self.classes = classes
+        self.chip_band_names, self.extract_bands = list(chip_band_names), list(extract_bands)
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else rgb_band_indices(self.band_names)
         self.mean, self.std = mean, std
         self.chip_size, self.export_chip_size = chip_size, export_chip_size
         self.input_dtype, self.nodata = input_dtype, nodata
@@ -88,6 +86,11 @@ class ClassifiedTilesData:
         self.train_ds, self.valid_ds = train_ds, valid_ds
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.working_dir = working_dir
+
+    @property
+    def band_names(self) -> list[str]:
+        """Names of the bands the model reads (the extracted chip bands, in order)."""
+        return [self.chip_band_names[b] for b in self.extract_bands]
 
     @property
     def c(self) -> int:
@@ -245,22 +248,22 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         raise LandcoverError(f"transforms={transforms!r}: give None (default augmentation), False or a callable "
                              "(image, label) -> (image, label)")
     crop = size if (size < h or size < w) else None
-    read_bands = None if bands == list(range(header.bands)) else bands
-    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform, bands=read_bands)
-    valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata, bands=read_bands)
+    # read_chip slices only when the selection is not all bands in order
+    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform, bands=bands)
+    valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata, bands=bands)
     chip_names = _band_names(exports, header)
     names = [chip_names[b] for b in bands]
     shown = rgb_band_indices(names) if rgb_bands is None else check_rgb_bands(rgb_bands, names)
     cell_size = next((e.cell_size for e in exports if e.cell_size), header.res)
     crs_wkt = next((e.crs_wkt for e in exports if e.crs_wkt), header.crs_wkt)
     return ClassifiedTilesData(
-        paths=paths, classes=classes, band_names=names, mean=mean, std=std,
+        paths=paths, classes=classes, chip_band_names=chip_names, extract_bands=bands, mean=mean, std=std,
         chip_size=size, export_chip_size=(h, w), input_dtype=header.dtype, nodata=nodata, cell_size=cell_size,
         crs_wkt=crs_wkt, class_pixel_counts={c.value: pixel_counts.get(c.value, 0) for c in classes},
         train_ds=train_ds, valid_ds=valid_ds, batch_size=int(batch_size),
         num_workers=default_num_workers() if num_workers is None else int(num_workers), seed=seed,
         working_dir=Path(working_dir) if working_dir else paths[0].resolve().parent,
-        extract_bands=bands, chip_band_names=chip_names, rgb_bands=shown,
+        rgb_bands=shown,
     )
 
 
