@@ -533,3 +533,43 @@ def test_cell_size_far_from_the_models_is_warned(model_dir, raster, tmp_path, ca
     assert code == 0
     lines = [ln for ln in err.splitlines() if "warning" in ln]
     assert len(lines) == 1 and lines[0].startswith("landcover classify: warning: ") and "--cell-size 0.5" in lines[0]
+
+
+def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_path):
+    """arcgis.learn's call (model_arguments as strings, output_name, a context with cellSize, an Esri envelope
+    and processorType) gives the pixels of landcover's own arguments with that meaning."""
+    from rasterio.warp import transform_bounds
+
+    path, _ = raster
+    left, top = TRANSFORM.c + 70, TRANSFORM.f - 50
+    bounds = transform_bounds("EPSG:32617", "EPSG:3857", left, top - 160, left + 200, top)
+    envelope = dict(zip(("xmin", "ymin", "xmax", "ymax"), bounds, strict=True), spatialReference={"wkid": 102100})
+    out = classify_pixels(input_raster=path, model=model_dir, output_name=str(tmp_path / "seed"), progress=False,
+                          model_arguments={"padding": "8", "batch_size": "4", "predict_background": "False",
+                                           "test_time_augmentation": "True", "tile_size": "64"},
+                          context={"cellSize": "2", "extent": envelope, "processorType": "CPU"})
+    assert out == tmp_path / "seed.tif"
+    plain = classify_pixels(path, model_dir, tmp_path / "plain.tif", padding=8, batch_size=4,
+                            predict_background=False, test_time_augmentation=True, tile_size=64, cell_size=2,
+                            extent=bounds, extent_crs="EPSG:3857", backend="cpu", progress=False)
+    with rasterio.open(out) as a, rasterio.open(plain) as b:
+        assert a.res == (2.0, 2.0) and (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
+        assert np.array_equal(a.read(1), b.read(1))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"model_arguments": {"threshold": "0.5"}}, "not an argument of landcover's U-Net"),
+    ({"model_arguments": {"padding": "eight"}}, "give a number"),
+    ({"model_arguments": {"padding": "16"}, "padding": 8}, "give it once"),
+    ({"context": {"processorType": "TPU"}}, "give 'CPU' or 'GPU'"),
+    ({"context": {"outSR": 4326}}, "reproject the result"),
+    ({"gis": object()}, "drop gis="),
+])
+def test_arcgis_learn_forms_landcover_cannot_honour_are_refused(model_dir, raster, tmp_path, kwargs, words):
+    import re
+
+    with pytest.raises(LandcoverError, match=re.escape(words)):
+        classify_pixels(raster[0], model_dir, tmp_path / "x.tif", progress=False, **kwargs)
+    with pytest.raises(LandcoverError, match="model_arguments"):  # arcgis.learn's third positional argument
+        classify_pixels(raster[0], model_dir, {"padding": "8"})
+    assert not list(tmp_path.iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -546,3 +547,69 @@ def test_float_imagery_with_nan_nodata(tmp_path):
         v = chips[:, b][valid].astype(np.float64)
         assert st["Num"] == v.size and math.isclose(st["M1"], v.mean(), rel_tol=1e-9)
         assert math.isclose(st["StdDev"], v.std(), rel_tol=1e-6)
+
+
+# --- arcgis.learn's call ----------------------------------------------------------------------------------------
+
+def test_arcgis_learn_call_exports_what_the_plain_call_does(scene, tmp_path):
+    """The land-cover sample's call (input_raster, input_class_data, output_location, {"x", "y"} sizes, stride 0,
+    a context with startIndex, exportAllTiles, cellSize and a Web Mercator envelope) writes the same chips as
+    landcover's own arguments with that meaning."""
+    ext = transform_bounds(UTM, WM, ORIGIN[0] + 40, ORIGIN[1] - 220, ORIGIN[0] + 240, ORIGIN[1] - 30)
+    envelope = dict(zip(("xmin", "ymin", "xmax", "ymax"), ext, strict=True),
+                    spatialReference={"wkid": 102100, "latestWkid": 3857})
+    seed = tmp_path / "seed"
+    export_training_data(input_raster=scene["imagery"], input_class_data=scene["labels"], output_location=seed,
+                         chip_format="TIFF", tile_size={"x": 32, "y": 32}, stride_size={"x": 0, "y": 0},
+                         metadata_format="Classified_Tiles", progress=False,
+                         context={"startIndex": 0, "exportAllTiles": False, "cellSize": 2, "extent": envelope})
+    plain = tmp_path / "plain"
+    export_training_data(scene["imagery"], scene["labels"], plain, tile_size=32, stride=32, cell_size=2,
+                         extent=ext, extent_crs=WM, progress=False)
+    names = [p.name for p in chips_of(plain)]
+    assert names and [p.name for p in chips_of(seed)] == names
+    for sub in ("images", "labels"):
+        for a, b in zip(chips_of(seed, sub), chips_of(plain, sub), strict=True):
+            with rasterio.open(a) as da, rasterio.open(b) as db:
+                assert da.transform == db.transform and da.res == (2.0, 2.0)
+                assert np.array_equal(da.read(), db.read())
+    # exportAllTiles as arcgis's string, and the stride given in both forms when they agree
+    counts = []
+    for all_tiles in ("True", "False"):
+        out = tmp_path / f"all-{all_tiles}"
+        export_training_data(input_raster=scene["imagery"], input_class_data=scene["labels"], output_location=out,
+                             tile_size=32, stride=32, stride_size={"x": 32, "y": 32},
+                             context={"exportAllTiles": all_tiles}, progress=False)
+        counts.append(len(chips_of(out)))
+    export_training_data(scene["imagery"], scene["labels"], tmp_path / "all", tile_size=32, stride=32,
+                         all_tiles=True, progress=False)
+    assert counts[0] == len(chips_of(tmp_path / "all")) > counts[1]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"tile_size": {"x": 32, "y": 64}}, "square"),
+    ({"stride_size": {"x": 16}}, "{'x': n, 'y': n}"),
+    ({"stride": 16, "stride_size": {"x": 8, "y": 8}}, "give it once"),
+    ({"context": {"outSR": {"wkid": 4326}}}, "reproject the result"),
+    ({"context": {"cellSize": "MAXOF"}}, "as a number"),
+    ({"context": {"exportAllTiles": "perhaps"}}, "True or False"),
+    ({"context": {"extent": {"xmin": 0, "ymin": 0, "xmax": 1}}}, "lacks ymax"),
+    ({"context": {"extent": {"xmin": 0, "ymin": 0, "xmax": 1, "ymax": 1, "spatialReference": {"wkid": 1}}}},
+     "not an EPSG or ESRI code"),
+    ({"context": {"rotation": 90}}, "not a setting"),
+    ({"gis": object()}, "drop gis="),
+    ({"input_raster": "other.tif"}, "give it once"),
+])
+def test_arcgis_learn_forms_landcover_cannot_honour_are_one_line(scene, tmp_path, kwargs, words):
+    call = {"imagery": scene["imagery"], "labels": scene["labels"], "out": tmp_path / "x", "progress": False}
+    with pytest.raises(LandcoverError, match=re.escape(words)):
+        export_training_data(**{**call, **kwargs})
+    assert not (tmp_path / "x").exists()
+
+
+def test_arcgis_learn_server_only_context_keys_warn_and_export(scene, tmp_path):
+    with pytest.warns(UserWarning, match="parallelProcessingFactor"):
+        export_training_data(input_raster=scene["imagery"], input_class_data=scene["labels"],
+                             output_location=tmp_path / "x", tile_size=64, stride_size={"x": 0, "y": 0},
+                             context={"parallelProcessingFactor": "80%"}, progress=False)
+    assert chips_of(tmp_path / "x")

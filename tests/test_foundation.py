@@ -159,3 +159,21 @@ def test_gdal_block_cache_is_sized_in_bytes():
 
     with rasterio.Env(**GDAL_ENV):
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] >= 64 * 2**20
+
+
+def test_esri_spatial_references_and_envelopes():
+    from pyproj import CRS
+
+    from landcover.arcgis_keywords import esri_crs, esri_extent
+
+    assert esri_crs({"wkid": 102100, "latestWkid": 3857}) == "EPSG:3857"
+    assert esri_crs({"wkid": 102100}) == "EPSG:3857"
+    assert esri_crs({"wkid": 32618}) == "EPSG:32618"
+    assert esri_crs({"wkid": 102003}) == "ESRI:102003"  # USA Contiguous Albers, an Esri-only id
+    wkt = CRS.from_epsg(26918).to_wkt()
+    assert esri_crs({"wkt": wkt}) == wkt
+    assert esri_extent("1 2 3 4") == ((1.0, 2.0, 3.0, 4.0), None)
+    assert esri_extent([1, 2, 3, 4]) == ((1.0, 2.0, 3.0, 4.0), None)
+    assert esri_extent({"XMin": 1, "YMin": 2, "XMax": 3, "YMax": 4}) == ((1.0, 2.0, 3.0, 4.0), None)
+    with pytest.raises(LandcoverError, match="four numbers"):
+        esri_extent("MAXOF")

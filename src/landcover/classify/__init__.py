@@ -22,6 +22,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from ..arcgis_keywords import cell_size_value, esri_extent, flag, merge, read_context, whole
 from ..errors import LandcoverError
 from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, require_crs, target_grid
 from .blend import ClassDecoder
@@ -57,7 +58,7 @@ class CellSizeWarning(UserWarning):
 def classify_pixels(
     input_raster: str | os.PathLike | Sequence[str | os.PathLike],
     model: str | os.PathLike,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     padding: int | None = None,
     batch_size: int = 8,
     predict_background: bool = True,
@@ -75,6 +76,10 @@ def classify_pixels(
     backend: str = "auto",
     block_size: int | None = None,
     progress: bool = True,
+    model_arguments: dict | None = None,
+    output_name: str | os.PathLike | None = None,
+    context: dict | None = None,
+    gis: object = None,
 ) -> Path:
     """Classify a raster of any size with a model package; returns the output path.
 
@@ -98,9 +103,20 @@ def classify_pixels(
     single-threaded processes, or on the Dask ``scheduler`` at that address. Blocks
     are kept in ``<output>.blocks/`` until the end; ``resume=True`` continues an interrupted run with
     identical results. ``backend`` is ``auto`` (fastest that agrees with fp32 on >= 99.5 % of pixels) or one
-    of ``fp32``, ``bf16``, ``bf16-compiled``, ``onnx``, ``int8``, ``cuda``.
+    of ``fp32``, ``bf16``, ``bf16-compiled``, ``onnx``, ``int8``, ``cuda``; ``cpu`` is ``auto`` without the GPU.
+
+    arcgis.learn's spellings are accepted as well, so its notebooks run unchanged: ``model_arguments`` (strings,
+    e.g. ``{"padding": "64", "batch_size": "4", "predict_background": "True", "test_time_augmentation": "False",
+    "tile_size": "256"}``), ``output_name`` (``.tif`` added when it has no extension) and ``context={"cellSize":
+    …, "extent": …, "processorType": "CPU" | "GPU"}`` with the extent as an Esri envelope (``{"xmin": …,
+    "spatialReference": {"wkid": 3857}}``). ``gis`` must be None: the classification runs here.
     """
     t_start = time.perf_counter()
+    a = _arcgis_arguments(locals())
+    output, padding, batch_size, predict_background, test_time_augmentation, tile_size = (
+        a[k] for k in ("output", "padding", "batch_size", "predict_background", "test_time_augmentation",
+                       "tile_size"))
+    extent, extent_crs, cell_size, backend = (a[k] for k in ("extent", "extent_crs", "cell_size", "backend"))
     output = Path(output)
     prob_path = Path(probabilities) if probabilities is not None else None
     paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
@@ -195,6 +211,57 @@ def classify_pixels(
     return output
 
 
+#: model_arguments of arcgis.learn's pixel classifiers that landcover honours, and how their strings are read
+MODEL_ARGUMENTS = {"padding": whole, "batch_size": whole, "predict_background": flag,
+                   "test_time_augmentation": flag, "tile_size": whole}
+#: classify_pixels defaults of those arguments (a value given both ways must agree)
+_DEFAULTS = {"padding": None, "batch_size": 8, "predict_background": True, "test_time_augmentation": False,
+             "tile_size": None}
+
+
+def _arcgis_arguments(given: dict) -> dict:
+    """classify_pixels' arguments from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
+    if given["gis"] is not None:
+        raise LandcoverError("gis: landcover classifies on this machine, not on an ArcGIS server; drop gis=")
+    if isinstance(given["output"], dict):
+        raise LandcoverError("output: got a dict; give arcgis.learn's model arguments by name, "
+                             "classify_pixels(raster, model, output, model_arguments={...})")
+    a = dict(given)
+    name = given["output_name"]
+    if name is not None and not Path(name).suffix:
+        name = f"{name}.tif"
+    a["output"] = merge("output", given["output"], None, name, "output_name")
+    if a["output"] is None:
+        raise LandcoverError("classify_pixels: give the output file (output='classified.tif')")
+    arguments = given["model_arguments"] or {}
+    if not isinstance(arguments, dict):
+        raise LandcoverError(f"model_arguments={arguments!r}: give a dict such as {{'padding': '64'}}")
+    for key, value in arguments.items():
+        if key not in MODEL_ARGUMENTS:
+            raise LandcoverError(f"model_arguments['{key}']: not an argument of landcover's U-Net (it takes "
+                                 f"{', '.join(MODEL_ARGUMENTS)})")
+        a[key] = merge(key, given[key], _DEFAULTS[key], MODEL_ARGUMENTS[key](value, f"model_arguments['{key}']"),
+                       f"model_arguments['{key}']")
+    ctx = read_context(given["context"], ("cellSize", "extent", "processorType", "batch_size"), "classify_pixels")
+    if "batch_size" in ctx:  # where arcgis.learn's 2019 land-cover guide put it
+        a["batch_size"] = merge("batch_size", a["batch_size"], 8, whole(ctx["batch_size"], "context['batch_size']"),
+                                "context['batch_size']")
+    if "cellSize" in ctx:
+        a["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
+                               "context['cellSize']")
+    if "extent" in ctx:
+        bounds, crs = esri_extent(ctx["extent"])
+        a["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
+        a["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+    if "processorType" in ctx:
+        kind = str(ctx["processorType"]).strip().upper()
+        if kind not in ("CPU", "GPU"):
+            raise LandcoverError(f"context['processorType']={ctx['processorType']!r}: give 'CPU' or 'GPU'")
+        a["backend"] = merge("backend", given["backend"], "auto", "cuda" if kind == "GPU" else "cpu",
+                             "context['processorType']")
+    return a
+
+
 def _check_cell_size(grid: Grid, pkg, name: str) -> None:
     """Warn when the imagery's cell size is far from the model's training cell size: a model sees objects at the
     scale it learned them (a 1 m model on 10 m imagery mostly sees textures it never met). Only compared when
@@ -274,11 +341,12 @@ def _check_imagery(ds, pkg, name: str) -> None:
 
 def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, model_hash, tta, say) -> dict:
     """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
-    if previous is not None and backend in ("auto", previous.get("backend")):
+    if previous is not None and backend in ("auto", "cpu", previous.get("backend")):
         # Resuming: the run's own backend (and its copy of the exported model in the work folder).
         return {"backend": previous.get("backend", "fp32"), "engine": previous.get("engine")}
     if backend == "auto" and cuda_available():
         backend = "cuda"
+    backend = "auto" if backend == "cpu" else backend
     if backend == "cuda" and not cuda_available():
         raise LandcoverError("--backend cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                              "use --backend auto, or install a CUDA build of torch")

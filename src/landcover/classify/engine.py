@@ -37,7 +37,7 @@ MIN_AGREEMENT = 0.995
 CPU_BACKENDS = ("fp32", "bf16", "bf16-compiled", "onnx", "int8")
 #: backends that run from a prepared file (exported or compiled model)
 ARTIFACT_BACKENDS = ("onnx", "int8", "bf16-compiled")
-BACKENDS = ("auto", *CPU_BACKENDS, "cuda")
+BACKENDS = ("auto", "cpu", *CPU_BACKENDS, "cuda")
 #: changes when a compiled graph does (2: unrolled argmax): cached compiled models and backend decisions made
 #: with an older graph are then rebuilt instead of reused
 GRAPH_VERSION = 2

@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (same options)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--backend", default="auto", help="auto (default: fastest that agrees with fp32 on >= "
-                   "99.5%% of pixels), fp32, bf16, bf16-compiled, onnx, int8 or cuda")
+                   "99.5%% of pixels; the GPU where there is one), cpu (auto without the GPU), fp32, bf16, "
+                   "bf16-compiled, onnx, int8 or cuda")
     p.add_argument("--block-size", type=int, help="block edge in pixels (default 4096, smaller on a cluster so "
                    "that each worker gets several): the unit of work, of resuming and of Dask tasks")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")

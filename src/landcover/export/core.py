@@ -26,6 +26,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from ..arcgis_keywords import cell_size_value, esri_extent, flag, merge, read_context, square_size, whole
 from ..classes import ClassInfo, generated_color, load_classes_json
 from ..errors import LandcoverError
 from ..raster import (
@@ -87,9 +88,9 @@ class ExportSummary:
 
 
 def export_training_data(
-    imagery: str | os.PathLike | Sequence[str | os.PathLike],
-    labels: str | os.PathLike,
-    out: str | os.PathLike,
+    imagery: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    labels: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
     *,
     class_field: str | None = None,
     buffer_radius: float = 0.0,
@@ -106,6 +107,13 @@ def export_training_data(
     workers: int | None = None,
     progress: bool = True,
     metadata_format: str | None = None,
+    input_raster: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    input_class_data: str | os.PathLike | None = None,
+    output_location: str | os.PathLike | None = None,
+    classvalue_field: str | None = None,
+    stride_size: int | dict | None = None,
+    context: dict | None = None,
+    gis: object = None,
 ) -> ExportSummary:
     """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
 
@@ -134,13 +142,24 @@ def export_training_data(
         metadata_format: ArcGIS's metadata format keyword: None or ``"Classified_Tiles"`` (any case), the one
             format written (pixel classification); any other is refused.
 
+    arcgis.learn's spellings are accepted as well, so its notebooks run unchanged: ``input_raster``,
+    ``input_class_data``, ``output_location``, ``classvalue_field``, ``stride_size``, ``tile_size`` and
+    ``stride_size`` as ``{"x": n, "y": n}`` (square), and ``context={"exportAllTiles": …, "startIndex": …,
+    "cellSize": …, "extent": …}`` with the extent as an Esri envelope (``{"xmin": …, "spatialReference":
+    {"wkid": 3857}}``). ``gis`` must be None: the export runs here, not on an ArcGIS server.
+
     Returns:
         an :class:`ExportSummary`. Raises :class:`~landcover.errors.LandcoverError` for bad input; nothing that
         looks like a complete export is left behind when it fails.
     """
     t0 = time.perf_counter()
+    a = _arcgis_arguments(locals())
+    imagery, labels, out, class_field, tile_size, stride = (a[k] for k in ("imagery", "labels", "out", "class_field",
+                                                                           "tile_size", "stride"))
+    cell_size, extent, extent_crs, all_tiles, start_index = (a[k] for k in ("cell_size", "extent", "extent_crs",
+                                                                            "all_tiles", "start_index"))
     check_metadata_format(metadata_format)
-    fmt = FORMAT_ALIASES.get(str(chip_format).lower().lstrip("."))
+    fmt = FORMAT_ALIASES.get(str(chip_format or "tif").lower().lstrip("."))
     if fmt is None:
         raise LandcoverError(f"--format {chip_format}: use tif, png or jpg")
     tile, step = _check_tiling(tile_size, stride)
@@ -185,6 +204,38 @@ def export_training_data(
             img.close()
 
 
+def _arcgis_arguments(given: dict) -> dict:
+    """landcover's arguments of an export from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
+    if given["gis"] is not None:
+        raise LandcoverError("gis: landcover exports on this machine, not on an ArcGIS server; drop gis=")
+    a = dict(given)
+    for ours, theirs in (("imagery", "input_raster"), ("labels", "input_class_data"), ("out", "output_location"),
+                         ("class_field", "classvalue_field")):
+        a[ours] = merge(ours, given[ours], None, given[theirs], theirs)
+    for ours in ("imagery", "labels", "out"):
+        if a[ours] is None:
+            raise LandcoverError(f"export_training_data: give {ours}")
+    a["tile_size"] = square_size(given["tile_size"], "tile_size")
+    a["stride"] = merge("stride", given["stride"], None, square_size(given["stride_size"], "stride_size"),
+                        "stride_size")
+    ctx = read_context(given["context"], ("exportAllTiles", "startIndex", "cellSize", "extent"),
+                       "export_training_data")
+    if "exportAllTiles" in ctx:
+        a["all_tiles"] = merge("all_tiles", given["all_tiles"], False,
+                               flag(ctx["exportAllTiles"], "context['exportAllTiles']"), "context['exportAllTiles']")
+    if "startIndex" in ctx:
+        a["start_index"] = merge("start_index", given["start_index"], None,
+                                 whole(ctx["startIndex"], "context['startIndex']"), "context['startIndex']")
+    if "cellSize" in ctx:
+        a["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
+                               "context['cellSize']")
+    if "extent" in ctx:
+        bounds, crs = esri_extent(ctx["extent"])
+        a["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
+        a["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+    return a
+
+
 def check_metadata_format(metadata_format: str | None) -> None:
     """Refuse, in one line, a metadata format other than Classified_Tiles (None means Classified_Tiles)."""
     if metadata_format is None:
@@ -200,7 +251,7 @@ def check_metadata_format(metadata_format: str | None) -> None:
 
 def _check_tiling(tile_size, stride) -> tuple[int, int]:
     try:
-        tile = int(tile_size)
+        tile = int(tile_size) if tile_size is not None else 256
         step = int(stride) if stride is not None else max(1, tile // 2)
     except (TypeError, ValueError):
         raise LandcoverError(f"--tile-size {tile_size} / --stride {stride}: must be whole numbers") from None

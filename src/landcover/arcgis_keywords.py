@@ -1,0 +1,169 @@
+"""arcgis.learn's keyword forms, turned into the plain arguments landcover's steps take.
+
+Notebooks written for arcgis.learn give sizes as ``{"x": 256, "y": 256}``, settings in a ``context`` dict
+(``cellSize``, ``extent`` as an Esri envelope, ``exportAllTiles``, ``startIndex``, ``processorType``) and a
+model's inference arguments as strings (``{"padding": "64", "predict_background": "True"}``). These helpers
+translate them, and refuse in one line what landcover cannot honour, so such a notebook runs unchanged or says
+exactly which argument to change.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import LandcoverError
+
+#: Esri's well-known ids of Web Mercator that EPSG spells 3857.
+WEB_MERCATOR_WKIDS = (102100, 102113, 900913)
+#: context keys of ArcGIS's environments that only tune ArcGIS's own servers: accepted, without effect here.
+NO_EFFECT_KEYS = ("parallelProcessingFactor", "scratchWorkspace", "workspace", "gpuID")
+#: context keys that would change the output's grid in ways landcover does not do.
+REFUSED_KEYS = {
+    "outSR": "the output keeps the input's CRS; reproject the result afterwards (e.g. gdalwarp -r near)",
+    "outputCoordinateSystem": "the output keeps the input's CRS; reproject the result afterwards "
+                              "(e.g. gdalwarp -r near)",
+    "snapRaster": "give the extent and cell size of the grid to snap to instead",
+    "geographicTransformations": "landcover uses PROJ's best transformation",
+}
+
+
+def square_size(value: Any, name: str) -> Any:
+    """A tile or stride size: an int as it is, or arcgis's ``{"x": n, "y": n}`` as ``n`` (landcover's chips
+    are square, so ``x`` and ``y`` must agree)."""
+    if not isinstance(value, Mapping):
+        return value
+    keys = {str(k).lower(): v for k, v in value.items()}
+    if set(keys) != {"x", "y"}:
+        raise LandcoverError(f"{name}={dict(value)}: give a number or {{'x': n, 'y': n}}")
+    if _number(keys["x"], name) != _number(keys["y"], name):
+        raise LandcoverError(f"{name}={dict(value)}: landcover's tiles are square; give x equal to y")
+    return keys["x"]
+
+
+def esri_extent(value: Any) -> tuple[tuple[float, float, float, float], str | None]:
+    """``(xmin, ymin, xmax, ymax)`` and its CRS (None: the raster's) from an Esri envelope dict
+    (``{"xmin": …, "spatialReference": {"wkid": 3857}}``, as arcgis's ``layer.extent``), the arcpy string
+    ``"xmin ymin xmax ymax"`` or a sequence of four numbers."""
+    if isinstance(value, Mapping):
+        keys = {str(k).lower(): v for k, v in value.items()}
+        missing = [k for k in ("xmin", "ymin", "xmax", "ymax") if k not in keys]
+        if missing:
+            raise LandcoverError(f"extent: the envelope lacks {', '.join(missing)}; give xmin, ymin, xmax, ymax "
+                                 "(and spatialReference)")
+        bounds = tuple(_number(keys[k], "extent") for k in ("xmin", "ymin", "xmax", "ymax"))
+        sr = keys.get("spatialreference")
+        return bounds, (esri_crs(sr) if sr else None)  # type: ignore[return-value]
+    parts = value.split() if isinstance(value, str) else value
+    try:
+        bounds = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        bounds = ()
+    if len(bounds) != 4:
+        raise LandcoverError(f"extent {value!r}: give xmin, ymin, xmax, ymax (four numbers, an Esri envelope "
+                             "dict or the string 'xmin ymin xmax ymax')")
+    return bounds, None  # type: ignore[return-value]
+
+
+def esri_crs(sr: Any) -> str:
+    """A CRS string for pyproj/rasterio from an Esri spatial reference (``latestWkid``, ``wkid`` or ``wkt``);
+    Esri-only ids (Web Mercator's 102100, the 5xxxx/10xxxx projections) are looked up in the ESRI authority."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    if isinstance(sr, (int, str)):
+        sr = {"wkid": sr}
+    if not isinstance(sr, Mapping):
+        raise LandcoverError(f"spatialReference {sr!r}: give {{'wkid': code}} or {{'wkt': text}}")
+    keys = {str(k).lower(): v for k, v in sr.items()}
+    if keys.get("wkt"):
+        return str(keys["wkt"])
+    code = keys.get("latestwkid") or keys.get("wkid")
+    try:
+        code = int(code)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"spatialReference {dict(sr)}: give {{'wkid': code}} or {{'wkt': text}}") from None
+    if code in WEB_MERCATOR_WKIDS:
+        return "EPSG:3857"
+    for authority in ("EPSG", "ESRI"):
+        try:
+            CRS.from_authority(authority, code)
+            return f"{authority}:{code}"
+        except CRSError:
+            continue
+    raise LandcoverError(f"spatialReference wkid {code}: not an EPSG or ESRI code")
+
+
+def read_context(context: Mapping | None, honoured: tuple[str, ...], step: str) -> dict[str, Any]:
+    """The keys of an arcgis ``context`` dict that ``step`` honours, by their arcgis names; keys that only
+    tune ArcGIS servers are dropped with a warning, keys that would change the output otherwise are refused."""
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise LandcoverError(f"context={context!r}: give a dict such as {{'cellSize': 2, 'extent': …}}")
+    out = {}
+    for key, value in context.items():
+        if key in honoured:
+            out[key] = value
+        elif key in NO_EFFECT_KEYS:
+            warnings.warn(f"context['{key}'] tunes ArcGIS's servers and has no effect in landcover", stacklevel=3)
+        elif key in REFUSED_KEYS:
+            raise LandcoverError(f"context['{key}']: not supported by {step}; {REFUSED_KEYS[key]}")
+        else:
+            raise LandcoverError(f"context['{key}']: not a setting {step} knows (it honours "
+                                 f"{', '.join(honoured)})")
+    return out
+
+
+def merge(name: str, given: Any, default: Any, arcgis_value: Any, arcgis_name: str) -> Any:
+    """The value of one argument given in landcover's form (``given``, whose default is ``default``) and maybe
+    in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ."""
+    if arcgis_value is None:
+        return given
+    if given is not None and given != default and given != arcgis_value:
+        raise LandcoverError(f"{name}={given!r} and {arcgis_name}={arcgis_value!r}: give it once")
+    return arcgis_value
+
+
+def cell_size_value(value: Any) -> float:
+    """``context['cellSize']``: a number (ArcGIS's ``MAXOF``/``MINOF`` choose among several inputs; landcover
+    has one grid, so they are refused)."""
+    if isinstance(value, str) and value.strip().upper() in ("MAXOF", "MINOF", "MAXOFINPUTS", "MINOFINPUTS"):
+        raise LandcoverError(f"context['cellSize']={value!r}: give the cell size as a number in the raster's "
+                             "units (without it the imagery's own cell size is used)")
+    number = _number(value, "context['cellSize']")
+    if number <= 0:
+        raise LandcoverError(f"context['cellSize']={value!r}: must be > 0")
+    return number
+
+
+def flag(value: Any, name: str) -> bool:
+    """A bool from arcgis's string forms (``"True"``, ``"false"``, ``"1"``, ``"no"``…) or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "t"):
+        return True
+    if text in ("false", "0", "no", "n", "f", ""):
+        return False
+    raise LandcoverError(f"{name}={value!r}: give True or False")
+
+
+def whole(value: Any, name: str) -> int:
+    """An int from arcgis's string forms (``"64"``, ``"64.0"``)."""
+    number = _number(value, name)
+    if number != int(number):
+        raise LandcoverError(f"{name}={value!r}: give a whole number")
+    return int(number)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"{name}={value!r}: give a number") from None
+    if not math.isfinite(number):
+        raise LandcoverError(f"{name}={value!r}: give a finite number")
+    return number
