@@ -117,6 +117,20 @@ def read_context(context: Mapping | None, honoured: tuple[str, ...], step: str) 
     return out
 
 
+def grid_context(ctx: Mapping, given: Mapping) -> dict[str, Any]:
+    """``cell_size``, ``extent`` and ``extent_crs`` from a context's ``cellSize`` and ``extent``, merged with
+    those in ``given`` (the call's arguments)."""
+    out = {}
+    if "cellSize" in ctx:
+        out["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
+                                 "context['cellSize']")
+    if "extent" in ctx:
+        bounds, crs = esri_extent(ctx["extent"])
+        out["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
+        out["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+    return out
+
+
 def merge(name: str, given: Any, default: Any, arcgis_value: Any, arcgis_name: str) -> Any:
     """The value of one argument given in landcover's form (``given``, whose default is ``default``) and maybe
     in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ."""

@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..arcgis_keywords import cell_size_value, esri_extent, flag, merge, read_context, whole
+from ..arcgis_keywords import flag, grid_context, merge, read_context, whole
 from ..errors import LandcoverError
 from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, require_crs, target_grid
 from .blend import ClassDecoder
@@ -246,13 +246,7 @@ def _arcgis_arguments(given: dict) -> dict:
     if "batch_size" in ctx:  # where arcgis.learn's 2019 land-cover guide put it
         a["batch_size"] = merge("batch_size", a["batch_size"], 8, whole(ctx["batch_size"], "context['batch_size']"),
                                 "context['batch_size']")
-    if "cellSize" in ctx:
-        a["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
-                               "context['cellSize']")
-    if "extent" in ctx:
-        bounds, crs = esri_extent(ctx["extent"])
-        a["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
-        a["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+    a.update(grid_context(ctx, given))
     if "processorType" in ctx:
         kind = str(ctx["processorType"]).strip().upper()
         if kind not in ("CPU", "GPU"):

@@ -26,7 +26,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ..arcgis_keywords import cell_size_value, esri_extent, flag, merge, read_context, square_size, whole
+from ..arcgis_keywords import flag, grid_context, merge, read_context, square_size, whole
 from ..classes import ClassInfo, generated_color, load_classes_json
 from ..errors import LandcoverError
 from ..raster import (
@@ -226,13 +226,7 @@ def _arcgis_arguments(given: dict) -> dict:
     if "startIndex" in ctx:
         a["start_index"] = merge("start_index", given["start_index"], None,
                                  whole(ctx["startIndex"], "context['startIndex']"), "context['startIndex']")
-    if "cellSize" in ctx:
-        a["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
-                               "context['cellSize']")
-    if "extent" in ctx:
-        bounds, crs = esri_extent(ctx["extent"])
-        a["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
-        a["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+    a.update(grid_context(ctx, given))
     return a
 
 
