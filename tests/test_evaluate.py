@@ -115,6 +115,23 @@ def test_reference_on_coarser_grid_is_resampled_nearest(tmp_path, small_strips):
     np.testing.assert_array_equal(report.matrix, exp["matrix"])
 
 
+@pytest.mark.parametrize("rows, cols", [(slice(10, 60), slice(20, 50)), (slice(0, 90), slice(30, 70))])
+def test_reference_on_the_maps_grid_covering_part_of_it(tmp_path, small_strips, rows, cols):
+    """A reference cut from the map's grid (a window inside it, or the map shifted east) counts only where it
+    lies: the map's pixels outside it are not compared (they once were, with the reference stretched over
+    the whole map)."""
+    p, _, pred, ref = _pair(tmp_path)
+    part = ref[rows, cols]
+    r = write_raster(tmp_path / "part.tif", part, nodata=255,
+                     transform=from_origin(ORIGIN[0] + 2 * cols.start, ORIGIN[1] - 2 * rows.start, 2.0, 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = evaluate(p, r)
+    exp = _numpy_metrics(pred[rows, cols], part)
+    np.testing.assert_array_equal(report.matrix, exp["matrix"])
+    assert report.pixels_compared == exp["matrix"].sum()
+
+
 def test_polygon_reference_in_another_crs(tmp_path, small_strips):
     import pyogrio.raw
     import shapely

@@ -613,3 +613,21 @@ def test_arcgis_learn_server_only_context_keys_warn_and_export(scene, tmp_path):
                              output_location=tmp_path / "x", tile_size=64, stride_size={"x": 0, "y": 0},
                              context={"parallelProcessingFactor": "80%"}, progress=False)
     assert chips_of(tmp_path / "x")
+
+
+def test_labels_on_the_imagery_grid_covering_part_of_it(scene, tmp_path):
+    """Labels cut from the imagery's grid label only where they lie (they were once stretched over the grid)."""
+    lab = np.zeros((H, W), np.uint8)
+    lab[60:200, 90:210] = 1 + (np.arange(120)[None, :] // 30 + np.arange(140)[:, None] // 35) % 4
+    part = write_raster(tmp_path / "part.tif", lab[60:200, 90:210], crs=UTM,
+                        transform=from_origin(ORIGIN[0] + 90, ORIGIN[1] - 60, 1.0, 1.0), nodata=0)
+    out = tmp_path / "chips"
+    export_training_data(scene["imagery"], part, out, tile_size=64, stride=0, progress=False)
+    with rasterio.open(scene["imagery"]) as ds:
+        grid = Grid.of(ds)
+    assert chips_of(out, "labels")
+    for ip, lp in zip(chips_of(out), chips_of(out, "labels"), strict=True):
+        with rasterio.open(ip) as di, rasterio.open(lp) as dl:
+            win = window_of(grid, di.transform, 64)
+            valid = (di.read() != 0).any(axis=0)
+            assert np.array_equal(dl.read(1), np.where(valid, padded(lab, win), 0))

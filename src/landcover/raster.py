@@ -173,15 +173,22 @@ def target_grid(
 class GridReader:
     """Reads windows of a dataset on a target grid, honouring nodata.
 
-    A grid that is a pixel-aligned window of the source reads the source directly (fast path); any other grid
-    goes through a WarpedVRT. Windows may extend past the grid: the outside is filled and marked invalid,
-    which is much faster than GDAL's boundless reads.
+    A grid on the source's pixels (the same CRS, cell size and pixel corners; it may reach past the source)
+    reads the source directly (fast path); any other grid goes through a WarpedVRT. Windows may extend past the
+    grid, and the grid past the source: the outside is filled and marked invalid, which is much faster than
+    GDAL's boundless reads.
     """
 
     def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None):
         self.ds, self.grid = ds, grid
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
+        # The part of the grid the source covers, (row0, col0, row1, col1): all of it through a WarpedVRT.
+        self._covered = (0, 0, grid.height, grid.width)
+        if self.offset is not None:
+            col, row = self.offset
+            self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
+                             min(grid.width, ds.width - col))
         self._vrt = None
         if self.offset is None:
             kw = {}
@@ -209,6 +216,12 @@ class GridReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def covers(self, window: Window) -> bool:
+        """Whether the source has every pixel of ``window`` (a window of the grid)."""
+        top, left, bottom, right = self._covered
+        r0, c0 = int(window.row_off), int(window.col_off)
+        return top <= r0 and left <= c0 and r0 + int(window.height) <= bottom and c0 + int(window.width) <= right
+
     def read(self, window: Window, fill: float = 0, masked: bool = True):
         """``(data, valid)`` for ``window`` on the grid: data (bands, h, w) and a boolean validity mask (h, w).
 
@@ -220,8 +233,9 @@ class GridReader:
     def _read(self, window: Window, fill: float, masked: bool):
         h, w = int(window.height), int(window.width)
         r0, c0 = int(window.row_off), int(window.col_off)
-        rr0, cc0 = max(r0, 0), max(c0, 0)
-        rr1, cc1 = min(r0 + h, self.grid.height), min(c0 + w, self.grid.width)
+        top, left, bottom, right = self._covered
+        rr0, cc0 = max(r0, top), max(c0, left)
+        rr1, cc1 = min(r0 + h, bottom), min(c0 + w, right)
         data = np.full((len(self.indexes), h, w), fill, dtype=self.ds.dtypes[0])
         valid = np.zeros((h, w), dtype=bool)
         if rr1 <= rr0 or cc1 <= cc0:

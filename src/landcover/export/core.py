@@ -351,10 +351,9 @@ class _ImageryReader:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """``(data, valid)`` for ``window``; ``valid`` is None when every pixel is valid."""
-        g = self.reader.grid
         c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
-        if not self.use_mask and c0 >= 0 and r0 >= 0 and c0 + w <= g.width and r0 + h <= g.height:
-            # Inside the grid: read straight into the result (GridReader pads and copies for the general case).
+        if not self.use_mask and self.reader.covers(window):
+            # All on the source: read straight into the result (GridReader pads and copies for the general case).
             dx, dy = self.reader.offset or (0, 0)
             data = self.reader.source.read(self.reader.indexes, window=Window(c0 + dx, r0 + dy, w, h))
             valid = None
