@@ -164,3 +164,35 @@ def test_cli_outputs_are_replaced_only_with_overwrite(tmp_path, capsys, command,
     assert err.count("\n") == 0 and f"{out}: exists; add --overwrite" in err
     assert out.stat().st_mtime_ns == before
     assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("command, copy_name, extra", [
+    ("areas", "c.csv", []),
+    ("evaluate", "r.json", ["--reference", "{copy}"]),
+    ("evaluate", "c.json", []),
+    ("map", "c.png", []),
+    ("vectorize", "c.gpkg", []),
+])
+def test_outputs_never_replace_their_inputs(tmp_path, capsys, command, copy_name, extra):
+    """Even with --overwrite, an output named like one of its inputs is refused (it would be lost); a wrong
+    extension is refused too."""
+    a = np.array([[1, 1, 2, 2]] * 4, np.uint8)
+    path = write_raster(tmp_path / "c.tif", a, nodata=0)
+    copy = tmp_path / copy_name
+    copy.write_bytes(path.read_bytes())  # an input raster under the output's name
+    uses_copy = bool(extra)
+    given = copy if not uses_copy else path
+    source = ["--classified", str(given)] if command == "map" else (
+        ["--prediction", str(given)] if command == "evaluate" else [str(given)])
+    if command == "evaluate" and not uses_copy:
+        extra = ["--reference", str(path)]
+    args = [command, *source, *[e.format(copy=copy) for e in extra], "--out", str(copy), "--overwrite"]
+    before = copy.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "which it is made from" in err, err
+    assert copy.read_bytes() == before
+    wrong = tmp_path / "out.txt"
+    assert main([*args[:-3], "--out", str(wrong)]) == 2
+    assert "give it a" in capsys.readouterr().err and not wrong.exists()

@@ -79,7 +79,7 @@ def test_bad_map_input(tmp_path, scene):
     classified, imagery, _ = scene
     with pytest.raises(LandcoverError, match="out of range"):
         render_map(classified, imagery=imagery, bands=[4, 1, 2], out=tmp_path / "m.png")
-    with pytest.raises(LandcoverError, match=".png or an .html"):
+    with pytest.raises(LandcoverError, match=r"\.png or \.html or \.htm"):
         render_map(classified, out=tmp_path / "m.jpg")
     assert main(["map", "--classified", str(classified), "--imagery", str(imagery), "--bands", "1", "2",
                  "--out", str(tmp_path / "m.png")]) == 2

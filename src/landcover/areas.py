@@ -20,7 +20,7 @@ from rasterio.windows import Window
 
 from .classes import read_class_table
 from .errors import LandcoverError
-from .raster import Grid, atomic_output, open_raster, pixel_errors
+from .raster import Grid, atomic_output, check_output, open_raster, pixel_errors
 
 #: Pixels per strip read at once (about 8 MB per int64 work array); larger strips were no faster.
 STRIP_PIXELS = 1 << 20
@@ -244,6 +244,8 @@ def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None)
         An :class:`AreaTable`; class names come from the raster's class table when it has one.
     """
     path = str(raster)
+    if out is not None:
+        check_output(out, (".csv",), "area table", [raster])
     with open_raster(path, "classified raster") as ds:
         check_classified(ds, path)
         grid = Grid.of(ds)

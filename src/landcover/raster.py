@@ -405,6 +405,27 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], what: str,
+                 inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """``path`` as an output: a file name ending in one of ``suffixes`` (lower case, with the dot) that is not
+    one of the ``inputs`` it is made from (replacing those would lose them); else a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise LandcoverError(f"{path}: is a folder; give the {what} a file name, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        names = " or ".join(suffixes)
+        raise LandcoverError(f"{path}: the {what} is written as {names}; give it a {names} name")
+    for source in inputs:
+        try:
+            same = source is not None and path.exists() and os.path.samefile(path, source)
+        except OSError:
+            same = False
+        if same:
+            raise LandcoverError(f"{path}: the {what} would replace {source}, which it is made from; choose "
+                                 "another name")
+    return path
+
+
 def check_writable_dir(folder: str | os.PathLike, create: bool = True) -> Path:
     """Make sure ``folder`` exists (creating it) and is writable, or raise a one-line error."""
     folder = Path(folder)

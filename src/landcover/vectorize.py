@@ -27,7 +27,7 @@ import numpy as np
 from .areas import PixelAreas, as_class_values, check_classified, class_strips, strips
 from .classes import read_class_table
 from .errors import LandcoverError
-from .raster import Grid, atomic_output, check_writable_dir, open_raster
+from .raster import Grid, atomic_output, check_output, check_writable_dir, open_raster
 
 #: Features written per GeoPackage append.
 BATCH = 20000
@@ -75,9 +75,7 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
 
     if connectivity not in (4, 8):
         raise LandcoverError(f"connectivity {connectivity}: use 4 or 8")
-    out = Path(out)
-    if out.suffix.lower() != ".gpkg":
-        raise LandcoverError(f"{out}: write polygons to a GeoPackage (.gpkg)")
+    out = check_output(out, (".gpkg",), "polygon layer (GeoPackage)", [raster])
     check_writable_dir(out.parent)
     path = str(raster)
     names = {c.value: c.name for c in read_class_table(path)}

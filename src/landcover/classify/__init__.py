@@ -24,7 +24,16 @@ from rasterio.windows import Window
 
 from ..arcgis_keywords import flag, grid_context, merge, read_context, whole
 from ..errors import LandcoverError
-from ..raster import GDAL_ENV, Grid, GridReader, check_writable_dir, open_imagery, require_crs, target_grid
+from ..raster import (
+    GDAL_ENV,
+    Grid,
+    GridReader,
+    check_output,
+    check_writable_dir,
+    open_imagery,
+    require_crs,
+    target_grid,
+)
 from .blend import ClassDecoder
 from .blocks import Job, done_path, normalize_tile, run_block
 from .engine import (
@@ -123,13 +132,7 @@ def classify_pixels(
     for path, what in ((output, "output"), (prob_path, "probabilities output")):
         if path is None:
             continue
-        if path.is_dir():
-            raise LandcoverError(f"{path}: is a folder; give the {what} a file name, e.g. {path / 'classified.tif'}")
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise LandcoverError(f"{path}: the {what} is a GeoTIFF (COG); give it a .tif name")
-        if any(_same_file(path, p) for p in paths):
-            raise LandcoverError(f"{path}: the {what} would replace the imagery it is made from; choose another "
-                                 "name")
+        check_output(path, (".tif", ".tiff"), what, paths)
         if path.exists() and not overwrite:
             raise LandcoverError(f"{path}: {what} exists; add --overwrite to replace it")
         check_writable_dir(path.parent)
@@ -309,13 +312,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _same_file(a: Path, b: str) -> bool:
-    try:
-        return a.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _check_imagery(ds, pkg, name: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from . import own_warnings, refuse_existing
 
@@ -71,11 +70,10 @@ def _overwrite_arg(p) -> None:
 
 
 def _evaluate(args) -> int:
-    from ..evaluate import AccuracyWarning, evaluate
+    from ..evaluate import AccuracyWarning, evaluate, heatmap_path
 
     if args.out:
-        out = Path(args.out)
-        refuse_existing(args.overwrite, out, out.with_name(f"{out.stem}_confusion.png"))
+        refuse_existing(args.overwrite, args.out, heatmap_path(args.out))
     # The report's own warnings are printed after the table.
     ours: list[str] = []
     with own_warnings(AccuracyWarning, ours.append):

@@ -23,7 +23,7 @@ import numpy as np
 from ..areas import PixelAreas, as_class_values, check_classified, class_strips, sum_by_value
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError
-from ..raster import Grid, open_raster
+from ..raster import Grid, check_output, open_raster
 from .confusion import ConfusionCounter, confusion_metrics
 from .reference import open_reference
 from .report import CONVENTION, format_table, save_heatmap, write_json
@@ -45,6 +45,12 @@ UNMAPPED_WARN_SHARE = 0.01
 
 class AccuracyWarning(UserWarning):
     """Something the accuracy report says that the user should see (``landcover evaluate`` prints these)."""
+
+
+def heatmap_path(report: str | os.PathLike) -> Path:
+    """Where the confusion-matrix heatmap of a JSON report goes: ``<stem>_confusion.png`` beside it."""
+    report = Path(report)
+    return report.with_name(f"{report.stem}_confusion.png")
 
 
 @dataclass
@@ -112,7 +118,7 @@ class AccuracyReport:
         """Write the JSON report and, beside it, ``<stem>_confusion.png``; returns both paths."""
         path = Path(path)
         doc = self.to_dict()
-        return write_json(doc, path), save_heatmap(doc, path.with_name(path.stem + "_confusion.png"))
+        return write_json(doc, path), save_heatmap(doc, heatmap_path(path))
 
 
 def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_field: str | None = None,
@@ -144,6 +150,9 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         if int(sample) < 1:
             raise LandcoverError(f"--sample {sample}: the sample size must be at least 1")
     pred_path, ref_path = str(prediction), str(reference)
+    if out is not None:
+        out = check_output(out, (".json",), "report", [prediction, reference])
+        check_output(heatmap_path(out), (".png",), "confusion heatmap", [prediction, reference])
     with open_raster(pred_path, "prediction raster") as ds:
         check_classified(ds, pred_path, "prediction raster")
         grid, nodata = Grid.of(ds), ds.nodata

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LandcoverError
+from ..raster import check_output
 from .layers import read_classes, read_imagery
 
 __all__ = ["MapResult", "render_map"]
@@ -57,10 +58,9 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
         max_size: longest side of the layers read, in pixels (default: the PNG's longer side, 2048 for HTML).
         clip: percentiles of the imagery stretch.
     """
-    out = Path(out)
+    inputs = [classified, *([imagery] if isinstance(imagery, (str, os.PathLike)) else imagery or [])]
+    out = check_output(out, (".png", ".html", ".htm"), "map", inputs)
     fmt = out.suffix.lower().lstrip(".")
-    if fmt not in ("png", "html", "htm"):
-        raise LandcoverError(f"{out}: the map must be a .png or an .html file")
     if not 0.0 <= float(opacity) <= 1.0:
         raise LandcoverError(f"--opacity {opacity}: must be between 0 and 1")
     if fmt == "png" and size is not None and (len(size) != 2 or min(size) < 100 or max(size) > 20000):
