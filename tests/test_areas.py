@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,41 @@ def test_geographic_crs_uses_geodesic_pixel_areas(tmp_path, lat0):
     band = math.radians(0.1) * b2 / 2 * (q(lat0 + 0.5) - q(lat0))
     assert table.rows[0].area == pytest.approx(band, rel=1e-6)
     assert table.rows[0].percent == pytest.approx(50.0, abs=1e-6)
+
+
+def test_web_mercator_areas_are_geodesic(tmp_path, capsys):
+    """Web Mercator (web tiles' CRS) inflates planar areas by 1/cos²(latitude): areas are the ellipsoidal band
+    between the raster's edge latitudes (inverse Web Mercator in closed form), not the planar pixel sums."""
+    r, a_, f = 6378137.0, 6378137.0, 1 / 298.257223563
+    x0, y0, res = -8449640.0, 4782795.0, 5.0  # Delaware, as the seed's land-cover sample extent
+    path = write_raster(tmp_path / "wm.tif", np.ones((80, 60), np.uint8), crs="EPSG:3857",
+                        transform=from_origin(x0, y0, res, res))
+    table = class_areas(path)
+    lat = [math.degrees(math.atan(math.sinh(y / r))) for y in (y0, y0 - 80 * res)]
+    b2, e = (a_ * (1 - f)) ** 2, math.sqrt(f * (2 - f))
+
+    def q(phi):
+        s = math.sin(math.radians(phi))
+        return s / (1 - e * e * s * s) + math.log((1 + e * s) / (1 - e * s)) / (2 * e)
+
+    band = 60 * res / r * b2 / 2 * (q(lat[0]) - q(lat[1]))
+    assert table.method == "geodesic" and table.rows[0].area == pytest.approx(band, rel=1e-6)
+    assert table.rows[0].area < 0.6 * 80 * 60 * res * res  # the planar sum would be 1/cos²(40.2°) = 1.7 times it
+    assert main(["areas", str(path)]) == 0 and "geodesic" in capsys.readouterr().out
+
+
+def test_planar_areas_far_off_true_ones_are_warned_in_one_line(tmp_path, capsys):
+    """UTM zone 18 used 2000 km west of its central meridian: planar areas ~10 % too large, which is said."""
+    path = write_raster(tmp_path / "far.tif", np.ones((50, 50), np.uint8), crs="EPSG:32618",
+                        transform=from_origin(-1500000, 4300000, 10, 10))
+    assert main(["areas", str(path)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "landcover areas: warning:" in err
+    # the UTM scale factor 2000 km from the central meridian: k = 0.9996 (1 + x²/2R²), areas k² ≈ 1.10
+    assert re.search(r"\+(9\.\d|10\.\d) % off the true", err)
+    near = write_raster(tmp_path / "near.tif", np.ones((50, 50), np.uint8), crs="EPSG:32618",
+                        transform=from_origin(500000, 4300000, 10, 10))
+    assert main(["areas", str(near)]) == 0 and capsys.readouterr().err == ""
 
 
 def test_no_crs_is_refused_in_one_line(tmp_path, capsys):

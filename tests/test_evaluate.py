@@ -226,25 +226,51 @@ def test_bottom_k_sampler_keeps_a_random_subset_per_stratum():
 
 
 @pytest.mark.filterwarnings("ignore:.*labelled reference pixels")
+@pytest.mark.filterwarnings("ignore:.*the reference labels")
 def test_census_sample_reproduces_the_census(tmp_path, small_strips):
-    """A 'sample' of every valid pixel must give the census: areas = reference areas, accuracies = census."""
+    """A 'sample' of every labelled pixel gives the census of the labelled pixels within each map class,
+    weighted by each map class's area over the whole map (the reference leaves the map's first columns
+    unlabelled): accuracies and areas as computed here with plain numpy."""
     p, r, pred, ref = _pair(tmp_path, seed=5, shape=(40, 30))
     total = int(((pred != 0) & (ref != 255)).sum())
     report = evaluate(p, r, sample=total, strategy="stratified", seed=2)
     est = report.sample["estimates"]
     pixel_ha = 4.0 / 1e4
     exp = _numpy_metrics(pred, ref)
-    ref_area = exp["matrix"].sum(axis=0) * pixel_ha
-    np.testing.assert_allclose([c["area"] for c in est["classes"]], ref_area)
+    n = exp["matrix"].astype(float)  # rows = map class, columns = reference class, labelled pixels only
+    whole = np.array([(pred == v).sum() for v in exp["values"]], float)  # map classes over the whole map
+    assert (whole > n.sum(axis=1)).any()  # the whole map is larger than what the reference labels
+    p_hk = (whole / whole.sum())[:, None] * n / n.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose([c["map_area"] for c in est["classes"]], whole * pixel_ha)
+    np.testing.assert_allclose([c["area"] for c in est["classes"]], p_hk.sum(axis=0) * whole.sum() * pixel_ha)
     np.testing.assert_allclose([c["users_accuracy"] for c in est["classes"]],
                                [exp["per_class"][v]["precision"] for v in exp["values"]])
     np.testing.assert_allclose([c["producers_accuracy"] for c in est["classes"]],
-                               [exp["per_class"][v]["recall"] for v in exp["values"]])
-    assert est["overall_accuracy"] == pytest.approx(exp["oa"])
+                               np.diag(p_hk) / p_hk.sum(axis=0))
+    assert est["overall_accuracy"] == pytest.approx(np.trace(p_hk))
     np.testing.assert_array_equal(report.sample["counts"], exp["matrix"])
 
 
+def test_sparse_reference_sample_weighs_strata_by_the_whole_map(tmp_path):
+    """Reference points on a few pixels: the strata (map areas) are the whole map's, with a warning."""
+    from landcover.areas import class_areas
+
+    p, _, pred, ref = _pair(tmp_path, seed=8)
+    sparse = np.full(ref.shape, 255, np.uint8)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(5, 90, 300), rng.integers(4, 70, 300)
+    sparse[rows, cols] = ref[rows, cols]
+    r = write_raster(tmp_path / "points.tif", sparse, nodata=255, transform=from_origin(*ORIGIN, 2.0, 2.0))
+    with pytest.warns(UserWarning, match=r"the reference labels \d+\.\d % of the map"):
+        report = evaluate(p, r, sample=150, seed=0)
+    est = report.sample["estimates"]["classes"]
+    whole = {row.value: row.hectares for row in class_areas(p).rows}
+    assert [c["map_area"] for c in est] == pytest.approx([whole[c["value"]] for c in est])
+    assert sum(c["area"] for c in est) == pytest.approx(sum(whole.values()))
+
+
 @pytest.mark.filterwarnings("ignore:.*labelled reference pixels")
+@pytest.mark.filterwarnings("ignore:.*the reference labels")
 def test_sample_units_are_on_their_strata_and_reproducible(tmp_path, small_strips):
     p, r, pred, ref = _pair(tmp_path, seed=7)
     a = evaluate(p, r, sample=120, strategy="equalized", seed=11)

@@ -1,10 +1,11 @@
 """How much of each class a classified raster holds: pixels, area, hectares and percent per class.
 
 The raster is read in strips of whole rows, so any size works in bounded memory. Areas come from the pixel
-size in the CRS's linear unit (metres, US survey feet, ...). A geographic CRS (degrees) gets geodesic pixel
-areas on the CRS's ellipsoid (:class:`pyproj.Geod`): all pixels of a row of a north-up geographic grid have the
-same area, so one polygon-area computation per row is exact and cheap — more useful than refusing such rasters,
-and more honest than a degree² area.
+size in the CRS's linear unit (metres, US survey feet, ...). A geographic CRS (degrees) or a Mercator
+projection (Web Mercator's planar areas are 1/cos²(latitude) too large) gets geodesic pixel areas on the CRS's
+ellipsoid (:class:`pyproj.Geod`): all pixels of a row of such a north-up grid have the same area, so one
+polygon-area computation per row is exact and cheap — more useful than refusing such rasters, and more honest
+than a degree² area.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,10 +111,15 @@ def sum_by_value(values: np.ndarray, weights: np.ndarray | None = None) -> dict[
 
 
 class PixelAreas:
-    """Area of one pixel per row of a grid: constant for a projected CRS, geodesic for a geographic one.
+    """Area of one pixel per row of a grid: geodesic where the CRS distorts areas by row, planar otherwise.
 
-    ``unit`` names what :meth:`rows` returns ("m²" for metre and geographic CRSs, else the CRS unit squared);
-    ``to_m2`` converts it to square metres.
+    A geographic CRS (degrees) and the Mercator projections (Web Mercator, EPSG:3857, the CRS of web tiles,
+    inflates areas by 1/cos² of the latitude: +61 % at 38°) give every pixel of a row of a north-up grid the same
+    area, so one geodesic polygon area per row on the CRS's ellipsoid is exact and cheap. Other projected CRSs
+    get the planar pixel area in their unit; where that is more than :data:`PLANAR_TOLERANCE` off the geodesic
+    area at the grid's centre (a projection used far from its zone), an :class:`AreaWarning` says so.
+    ``unit`` names what :meth:`rows` returns ("m²" for metre, geographic and Mercator CRSs, else the CRS unit
+    squared); ``to_m2`` converts it to square metres.
     """
 
     def __init__(self, grid: Grid, what: str = "raster"):
@@ -121,13 +128,14 @@ class PixelAreas:
             raise LandcoverError(f"{what}: the raster has no CRS, so pixel areas are unknown; assign one "
                                  "(gdal_edit.py -a_srs EPSG:...)")
         self.grid = grid
-        self.geographic = bool(crs.is_geographic)
         self._cache: dict[int, float] = {}
-        if self.geographic:
+        self._geod = geod_for(crs)
+        self._to_lonlat = None if crs.is_geographic else _lonlat_transformer(crs)
+        self.per_row = bool(crs.is_geographic) or (self._to_lonlat is not False and _is_mercator(crs))
+        if self.per_row:
             if t.b != 0 or t.d != 0:
-                raise LandcoverError(f"{what}: rotated geographic grids are not supported; warp the raster to a "
-                                     "north-up grid first (gdalwarp)")
-            self._geod = geod_for(crs)
+                raise LandcoverError(f"{what}: rotated grids in a geographic or Mercator CRS are not supported; "
+                                     "warp the raster to a north-up grid first (gdalwarp)")
             self.unit, self.to_m2, self.method = "m²", 1.0, "geodesic"
             return
         name, factor = crs.linear_units_factor
@@ -135,30 +143,88 @@ class PixelAreas:
         self.unit = "m²" if factor == 1.0 else f"{name}²"
         self.to_m2 = factor * factor
         self.method = "planar"
+        self._check_planar(what)
 
     def rows(self, row_start: int, nrows: int) -> np.ndarray:
         """Area of a pixel in each of ``nrows`` rows from ``row_start`` (in :attr:`unit`)."""
-        if not self.geographic:
+        if not self.per_row:
             return np.full(nrows, self.constant)
         return np.array([self._row_area(r) for r in range(row_start, row_start + nrows)])
 
     def mean(self) -> float:
-        """The area of a pixel in the middle row (the exact area for projected CRSs)."""
+        """The area of a pixel in the middle row (the exact area for planar CRSs)."""
         return float(self.rows(self.grid.height // 2, 1)[0])
 
     def _row_area(self, row: int) -> float:
         area = self._cache.get(row)
         if area is None:
             t = self.grid.transform
-            x0, y0, y1 = t.c, t.f + row * t.e, t.f + (row + 1) * t.e
-            # Pixel edges along parallels are not geodesics: densify them so wide pixels stay exact.
-            n = int(min(64, max(1, math.ceil(abs(t.a) / 0.1))))
-            xs = x0 + np.linspace(0.0, t.a, n + 1)
-            lons = np.concatenate([xs, xs[::-1]])
-            lats = np.concatenate([np.full(n + 1, y0), np.full(n + 1, y1)])
-            area = abs(self._geod.polygon_area_perimeter(lons, lats)[0])
+            area = self._geodesic_area(t.c, t.f + row * t.e, t.a, t.e)
             self._cache[row] = area
         return area
+
+    def _geodesic_area(self, x0: float, y0: float, dx: float, dy: float) -> float:
+        """Geodesic area (m²) of the north-up rectangle from (x0, y0) spanning (dx, dy) in the grid CRS."""
+        lons, lats = self._lonlat(np.array([x0, x0 + dx]), np.array([y0, y0]))
+        # Edges along parallels are not geodesics: densify them (every 0.1°) so wide pixels stay exact.
+        n = int(min(64, max(1, math.ceil(abs(lons[1] - lons[0]) / 0.1))))
+        xs = x0 + np.linspace(0.0, dx, n + 1)
+        ring_x = np.concatenate([xs, xs[::-1]])
+        ring_y = np.concatenate([np.full(n + 1, y0), np.full(n + 1, y0 + dy)])
+        lons, lats = self._lonlat(ring_x, ring_y)
+        return abs(self._geod.polygon_area_perimeter(lons, lats)[0])
+
+    def _lonlat(self, x: np.ndarray, y: np.ndarray):
+        return (x, y) if self._to_lonlat is None else self._to_lonlat.transform(x, y)
+
+    def _check_planar(self, what: str) -> None:
+        """Warn when planar areas are far from true ones at the grid's centre (a 100-pixel square there)."""
+        g, t = self.grid, self.grid.transform
+        k = min(100, g.width, g.height)
+        x0, y0 = t @ ((g.width - k) // 2, (g.height - k) // 2)
+        if self._to_lonlat is False:
+            return
+        try:
+            true = self._geodesic_area(x0, y0, k * t.a, k * t.e) if t.b == t.d == 0 else None
+        except Exception:  # a CRS PROJ cannot take to longitude/latitude: nothing to compare with
+            true = None
+        if not true or not math.isfinite(true):
+            return
+        ratio = k * k * self.constant * self.to_m2 / true
+        if abs(ratio - 1) > PLANAR_TOLERANCE:
+            warnings.warn(f"{what}: areas are planar in {g.crs.to_string()}, which here are {100 * (ratio - 1):+.1f} % "
+                          "off the true (geodesic) area; reproject to an equal-area CRS for exact areas",
+                          AreaWarning, stacklevel=3)
+
+
+class AreaWarning(UserWarning):
+    """Planar areas in the raster's CRS are far from true areas (``landcover areas`` prints it in one line)."""
+
+
+#: Relative difference between planar and geodesic areas above which a planar CRS is warned about.
+PLANAR_TOLERANCE = 0.02
+
+
+def _is_mercator(crs) -> bool:
+    """Normal-aspect Mercator (Web Mercator and variants A/B): area scale varies with latitude only."""
+    from pyproj import CRS as ProjCRS
+
+    op = ProjCRS.from_user_input(crs.to_wkt()).coordinate_operation
+    name = (op.method_name if op is not None else "").lower()
+    return "mercator" in name and "transverse" not in name and "oblique" not in name
+
+
+def _lonlat_transformer(crs):
+    """Projected coordinates → longitude, latitude on the CRS's own datum; False when PROJ has no way there
+    (an engineering CRS)."""
+    from pyproj import CRS as ProjCRS
+    from pyproj import Transformer
+
+    try:
+        proj = ProjCRS.from_user_input(crs.to_wkt())
+        return Transformer.from_crs(proj, proj.geodetic_crs, always_xy=True)
+    except Exception:
+        return False
 
 
 def geod_for(crs):
@@ -191,7 +257,7 @@ class AreaTable:
     raster: str
     rows: list[ClassArea]
     area_unit: str
-    method: str  # "planar" (projected CRS) or "geodesic" (geographic CRS)
+    method: str  # "planar" (projected CRS) or "geodesic" (geographic or Mercator CRS)
 
     @property
     def total_pixels(self) -> int:
@@ -212,7 +278,7 @@ class AreaTable:
             w = csv.writer(fh)
             w.writerow(["value", "name", "pixels", "area", "area_unit", "hectares", "percent"])
             for r in self.rows:
-                w.writerow([r.value, r.name, r.pixels, f"{r.area:.6g}", self.area_unit, f"{r.hectares:.4f}",
+                w.writerow([r.value, r.name, r.pixels, f"{r.area:.4f}", self.area_unit, f"{r.hectares:.4f}",
                             f"{r.percent:.4f}"])
         return path
 
@@ -229,7 +295,7 @@ class AreaTable:
         lines.append(f"{'':>5}  {'total':<{width}}  {self.total_pixels:>12,}  {total_area:>16,.1f}  "
                      f"{self.total_hectares:>12,.2f}  {100.0 if self.rows else 0.0:>6.2f}%")
         if self.method == "geodesic":
-            lines.append("(geographic CRS: geodesic pixel areas on the CRS ellipsoid)")
+            lines.append("(geographic or Mercator CRS: geodesic pixel areas on the CRS ellipsoid)")
         return "\n".join(lines)
 
 
@@ -256,11 +322,11 @@ def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None)
             values = as_class_values(data[valid])
             for k, n in sum_by_value(values).items():
                 pixels[k] = pixels.get(k, 0) + n
-            if areas.geographic:
+            if areas.per_row:
                 row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], data.shape)
                 for k, a in sum_by_value(values, row_area[valid]).items():
                     area[k] = area.get(k, 0.0) + a
-    if not areas.geographic:
+    if not areas.per_row:
         area = {k: n * areas.constant for k, n in pixels.items()}
     names = _names(path, pixels)
     total = sum(area.values())

@@ -70,13 +70,14 @@ def _overwrite_arg(p) -> None:
 
 
 def _evaluate(args) -> int:
+    from ..areas import AreaWarning
     from ..evaluate import AccuracyWarning, evaluate, heatmap_path
 
     if args.out:
         refuse_existing(args.overwrite, args.out, heatmap_path(args.out))
     # The report's own warnings are printed after the table.
     ours: list[str] = []
-    with own_warnings(AccuracyWarning, ours.append):
+    with own_warnings(AccuracyWarning, ours.append), own_warnings(AreaWarning, ours.append):
         report = evaluate(args.prediction, args.reference, class_field=args.class_field, out=args.out,
                           sample=args.sample, strategy=args.strategy, seed=args.seed)
     print(report.format_table())
@@ -88,10 +89,11 @@ def _evaluate(args) -> int:
 
 
 def _areas(args) -> int:
-    from ..areas import class_areas
+    from ..areas import AreaWarning, class_areas
 
     refuse_existing(args.overwrite, args.out)
-    table = class_areas(args.raster, out=args.out)
+    with own_warnings(AreaWarning, _warn("areas")):
+        table = class_areas(args.raster, out=args.out)
     print(table.format_table())
     if args.out:
         print(f"table: {args.out}")
@@ -110,10 +112,17 @@ def _map(args) -> int:
 
 
 def _vectorize(args) -> int:
+    from ..areas import AreaWarning
     from ..vectorize import vectorize
 
     refuse_existing(args.overwrite, args.out)
-    result = vectorize(args.raster, args.out, min_area=args.min_area, connectivity=args.connectivity)
+    with own_warnings(AreaWarning, _warn("vectorize")):
+        result = vectorize(args.raster, args.out, min_area=args.min_area, connectivity=args.connectivity)
     print(f"polygons: {result['path']} ({result['features']:,} features, minimum {result['min_area_pixels']} "
           "pixel(s))")
     return 0
+
+
+def _warn(command: str):
+    """Print a step's own warning as one ``landcover COMMAND: warning:`` line."""
+    return lambda message: print(f"landcover {command}: warning: {message}", file=sys.stderr)

@@ -47,6 +47,10 @@ class AccuracyWarning(UserWarning):
     """Something the accuracy report says that the user should see (``landcover evaluate`` prints these)."""
 
 
+#: Share of the map's classified pixels labelled by the reference below which --sample's estimates are warned.
+SAMPLE_COVERAGE_WARN = 0.95
+
+
 def heatmap_path(report: str | os.PathLike) -> Path:
     """Where the confusion-matrix heatmap of a JSON report goes: ``<stem>_confusion.png`` beside it."""
     report = Path(report)
@@ -162,8 +166,8 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         pred_classes = read_class_table(pred_path)
         ref = open_reference(ref_path, grid, class_field, pred_classes)
         try:
-            counter, sampler, strata_m2, unassessed, unmapped, areas = _stream(ds, grid, ref, sample, strategy,
-                                                                                seed, pred_path)
+            counter, sampler, strata, unassessed, unmapped, areas = _stream(ds, grid, ref, sample, strategy,
+                                                                             seed, pred_path)
         finally:
             ref.close()
     values, matrix = counter.matrix()
@@ -202,7 +206,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         missing_from_reference=missing_ref, warnings=notes,
     )
     if sample is not None:
-        report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata_m2,
+        report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata,
                                         areas, grid, notes)
     for note in notes:
         warnings.warn(note, AccuracyWarning, stacklevel=2)
@@ -221,12 +225,13 @@ def _map_no_data(nodata) -> str:
 
 
 def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
-    """One pass over the prediction: confusion counts, the sample reservoirs, the strata areas and the pixels
-    with a class on one side only (map without reference, labelled reference without map)."""
+    """One pass over the prediction: confusion counts, the sample reservoirs, the strata (each map class's
+    pixels and m² over the whole map) and the pixels with a class on one side only (map without reference,
+    labelled reference without map)."""
     counter = ConfusionCounter()
     sampler = BottomKSampler(int(sample), seed, by_stratum=strategy != "random") if sample is not None else None
     areas = PixelAreas(grid, ds.name) if sample is not None and grid.crs is not None else None
-    strata_m2: dict[int, float] = {}
+    strata = {"pixels": {}, "m2": {}}
     unassessed = unmapped = 0
     for win, data, pvalid in class_strips(ds, path):  # grid is the prediction's own
         rvals, rvalid = ref.read(win)
@@ -237,11 +242,16 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
         counter.add(mapped, truth)
         if sampler is not None:
             sampler.offer(np.flatnonzero(both) + int(win.row_off) * grid.width, mapped, truth)
-            if areas is not None and areas.geographic:
-                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], both.shape)
-                for k, a in sum_by_value(mapped, row_area[both]).items():
-                    strata_m2[k] = strata_m2.get(k, 0.0) + a
-    return counter, sampler, strata_m2, unassessed, unmapped, areas
+            # Strata are the map classes over the whole map, labelled by the reference or not (Olofsson et al.
+            # weight each stratum by its mapped area).
+            whole = as_class_values(data[pvalid])
+            for k, n in sum_by_value(whole).items():
+                strata["pixels"][k] = strata["pixels"].get(k, 0) + int(n)
+            if areas is not None and areas.per_row:
+                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], pvalid.shape)
+                for k, a in sum_by_value(whole, row_area[pvalid]).items():
+                    strata["m2"][k] = strata["m2"].get(k, 0.0) + a
+    return counter, sampler, strata, unassessed, unmapped, areas
 
 
 def _class_list(values: list[int], *tables: list[ClassInfo]) -> list[ClassInfo]:
@@ -265,36 +275,51 @@ def _thin_hint(strategy: str, strata: int, pixels: list[int]) -> str:
     return f"use a sample of at least {2 * strata} (2 units for each of the {strata} map classes)"
 
 
-def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata_m2,
+def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata: dict,
                     areas: PixelAreas | None, grid: Grid, notes: list[str]) -> dict:
-    strata_pixels = {v: int(n) for v, n in zip(values, matrix.sum(axis=1), strict=True) if n > 0}
-    allocation = allocate(strategy, size, strata_pixels)
+    # Units are drawn among the pixels the reference labels; the strata are the map classes over the whole map.
+    labelled = {v: int(n) for v, n in zip(values, matrix.sum(axis=1), strict=True) if n > 0}
+    mapped = strata["pixels"]
+    allocation = allocate(strategy, size, labelled, {v: mapped.get(v, 0) for v in labelled})
     units = sampler.draw(allocation)
     index = {v: i for i, v in enumerate(values)}
     k = len(values)
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, ([index[int(v)] for v in units["map"]], [index[int(v)] for v in units["ref"]]), 1)
-    # Stratum sizes in hectares when the CRS gives areas (geodesic sums for geographic CRSs), else in pixels.
-    pixels = np.array([strata_pixels.get(v, 0) for v in values], dtype=float)
+    # Stratum sizes in hectares when the CRS gives areas (geodesic sums for geographic and Mercator CRSs), else
+    # in pixels.
+    pixels = np.array([mapped.get(v, 0) for v in values], dtype=float)
     if areas is None:
         sizes, unit = pixels, "pixels"
-    elif areas.geographic:
-        sizes, unit = np.array([strata_m2.get(v, 0.0) / 1e4 for v in values]), "ha"
+    elif areas.per_row:
+        sizes, unit = np.array([strata["m2"].get(v, 0.0) / 1e4 for v in values]), "ha"
     else:
         sizes, unit = pixels * (areas.constant * areas.to_m2 / 1e4), "ha"
     est = olofsson_estimates(counts, sizes)
     n_i = counts.sum(axis=1)
     thin = [v for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
     if thin:
-        hint = _thin_hint(strategy, len(strata_pixels), [strata_pixels[v] for v in thin])
+        hint = _thin_hint(strategy, len(labelled), [labelled.get(v, 0) for v in thin])
         notes.append(f"map classes with fewer than 2 sample units ({', '.join(map(str, thin))}): their sampling "
                      f"variance is not estimated; {hint}")
+    unlabelled = sorted(v for v in mapped if v not in labelled)
+    if unlabelled:
+        notes.append(f"map classes without any pixel the reference labels ({', '.join(map(str, unlabelled))}, "
+                     f"{sum(mapped[v] for v in unlabelled):,} pixels) cannot be sampled and are left out of the "
+                     "estimates")
+    coverage = sum(labelled.values()) / max(1, sum(mapped.values()))
+    if coverage < SAMPLE_COVERAGE_WARN:
+        notes.append(f"the reference labels {100 * coverage:.1f} % of the map's classified pixels: the sample is "
+                     "drawn among those, and the estimates weight each map class by its area over the whole map, "
+                     "which holds if the labelled pixels of each class represent that class")
     rows, cols = np.divmod(units["pixel"], grid.width)
     return {
         "size": size, "strategy": strategy, "seed": seed,
-        "min_per_stratum": min(MIN_PER_STRATUM, size // max(1, len(strata_pixels))) if strategy == "stratified"
+        "min_per_stratum": min(MIN_PER_STRATUM, size // max(1, len(labelled))) if strategy == "stratified"
         else None,
-        "frame": "pixels with a class in both the prediction and the reference",
+        "frame": "units drawn among pixels with a class in both the prediction and the reference; strata are the "
+                 "map classes over the whole prediction",
+        "labelled_pixels": np.array([labelled.get(v, 0) for v in values]),
         "area_unit": unit,
         "strata_pixels": pixels,
         "strata_area": sizes,

@@ -115,13 +115,15 @@ def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 # --- allocation -------------------------------------------------------------------------------------------
 
-def allocate(strategy: str, size: int, strata_pixels: dict[int, int]) -> dict[int, int]:
+def allocate(strategy: str, size: int, strata_pixels: dict[int, int],
+             strata_sizes: dict[int, float] | None = None) -> dict[int, int]:
     """Sample units per stratum (map class) for a total of ``size``.
 
-    ``stratified``: proportional to stratum area, but at least ``min(50, size // K)`` per stratum (rare classes
-    would otherwise get too few units to estimate their accuracy); ``equalized``: the same number per stratum;
-    ``random``: simple random sampling, returned as ``{0: size}`` (one stratum covering every pixel). No stratum
-    gets more units than it has pixels; what does not fit is given to the others.
+    ``stratified``: proportional to stratum area (``strata_sizes``, default the pixels that can be drawn), but
+    at least ``min(50, size // K)`` per stratum (rare classes would otherwise get too few units to estimate their
+    accuracy); ``equalized``: the same number per stratum; ``random``: simple random sampling, returned as
+    ``{0: size}`` (one stratum covering every pixel). No stratum gets more units than ``strata_pixels`` it can
+    draw from; what does not fit is given to the others.
     """
     if strategy not in STRATEGIES:
         raise LandcoverError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -139,7 +141,8 @@ def allocate(strategy: str, size: int, strata_pixels: dict[int, int]) -> dict[in
         share = np.ones(len(keys))
         floor = 0
     else:
-        share = cap / cap.sum()
+        sizes = np.array([(strata_sizes or strata_pixels).get(k, 0) for k in keys], dtype=float)
+        share = sizes / sizes.sum() if sizes.sum() > 0 else cap / cap.sum()
         floor = min(MIN_PER_STRATUM, size // len(keys))
     alloc = _fill(size, share, cap, floor)
     return {k: int(a) for k, a in zip(keys, alloc, strict=True)}
