@@ -76,14 +76,40 @@ def test_minimum_mapping_unit_removes_small_patches(tmp_path):
     assert info["per_class"] == {1: 1, 2: 1, 3: 1}
 
 
-def test_eight_connectivity_joins_diagonal_pixels(tmp_path):
+def test_eight_connectivity_joins_diagonal_pixels_in_valid_geometries(tmp_path):
     a = np.zeros((6, 6), np.uint8)
     a[1, 1] = a[2, 2] = a[3, 3] = 1
+    a[1:4, 4] = 2  # a patch that touches itself at a corner once joined diagonally: an invalid ring from GDAL
+    a[3, 5] = a[2, 3] = 2
     path = write_raster(tmp_path / "d.tif", a, nodata=0, transform=T)
-    assert vectorize(path, tmp_path / "four.gpkg")["features"] == 3
-    assert vectorize(path, tmp_path / "eight.gpkg", connectivity=8)["features"] == 1
-    burnt, _ = _burn(tmp_path / "eight.gpkg", a.shape)
+    assert vectorize(path, tmp_path / "four.gpkg")["features"] == 4
+    assert vectorize(path, tmp_path / "eight.gpkg", connectivity=8)["per_class"] == {1: 1, 2: 1}
+    burnt, meta = _burn(tmp_path / "eight.gpkg", a.shape)
     np.testing.assert_array_equal(burnt, a)
+    geoms = shapely.from_wkb(read(str(tmp_path / "eight.gpkg"))[2])
+    assert meta["geometry_type"] == "MultiPolygon" and shapely.is_valid(geoms).all()
+
+
+def test_minimum_unit_merges_clusters_of_small_patches_and_keeps_every_class_pixel(tmp_path):
+    """A cluster of small patches (neighbours small too) and small patches against no data: after sieving no
+    polygon is below the unit, and the classified area is unchanged (nothing merged into no data)."""
+    rng = np.random.default_rng(3)
+    a = np.ones((60, 60), np.uint8)
+    a[:, 30:] = 2
+    a[10:22, 5:17] = rng.integers(3, 6, (12, 12))  # a 12 x 12 mosaic of 1-4 px patches of classes 3-5
+    a[40:, 40:] = 255  # no data
+    a[39, 42:44] = 3  # 2 px against no data (and Forest)
+    a[45:47, 39] = 4  # 2 px against no data (and Forest)
+    path = write_raster(tmp_path / "c.tif", a, nodata=255, transform=T)
+    for connectivity in (4, 8):
+        out = tmp_path / f"mmu{connectivity}.gpkg"
+        info = vectorize(path, out, min_area=8 * 4.0, connectivity=connectivity)  # 8 pixels
+        geoms = shapely.from_wkb(read(str(out))[2])
+        assert shapely.is_valid(geoms).all()
+        assert shapely.area(geoms).min() >= 8 * 4.0 - 1e-6, connectivity
+        burnt, _ = _burn(out, a.shape)
+        assert ((burnt != 0) == (a != 255)).all()  # every classified pixel still has a class
+        assert info["features"] == len(geoms)
 
 
 def test_bad_input(tmp_path, capsys):

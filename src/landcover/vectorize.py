@@ -7,9 +7,14 @@ grows with the number of polygons being built, not with the raster size, and the
 memmap in and out as needed. Because the whole raster is processed at once, a field that crosses any window
 boundary stays one polygon — no dissolve step is needed. Polygons are written in batches.
 
-Minimum mapping unit: connected patches smaller than ``min_area`` are merged into their largest neighbour
-(GDAL's sieve). No data counts as a neighbour, so small specks inside no data disappear; no-data pixels
-themselves are never turned into a class (they are restored after sieving).
+Minimum mapping unit: connected patches smaller than ``min_area`` are merged into their largest neighbouring
+class (GDAL's sieve with no data masked out, repeated until nothing changes, since one pass leaves clusters of
+small patches whose neighbours were small too). Patches still smaller than the unit then touch no class at all
+(specks inside no data) and are removed; no-data pixels themselves are never turned into a class. So no
+polygon is smaller than the unit, and every pixel of a class either stays or joins a neighbouring class.
+
+With connectivity 8, GDAL's polygons of patches that touch themselves at a corner are invalid rings; they are
+made valid (as multipolygons, the layer's type then) so that overlays in QGIS and ArcGIS work.
 
 The module is called ``polygons`` rather than ``vectorize`` so that ``landcover.vectorize`` stays the function
 (importing a submodule of that name would replace the lazily exported attribute).
@@ -71,7 +76,7 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
     Returns:
         ``{"path", "layer", "features", "min_area_pixels", "per_class": {value: feature count}}``.
     """
-    from rasterio.features import shapes, sieve
+    from rasterio.features import shapes
 
     if connectivity not in (4, 8):
         raise LandcoverError(f"connectivity {connectivity}: use 4 or 8")
@@ -95,34 +100,59 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
             if not any_class:
                 raise LandcoverError(f"{path}: every pixel is no data (0 or nodata); nothing to vectorize")
             if min_pixels > 1:
-                sieved = np.memmap(Path(tmpdir) / "sieved.raw", dtype=dtype, mode="w+",
-                                   shape=(grid.height, grid.width))
-                sieve(classes, min_pixels, out=sieved, connectivity=connectivity)
-                for win in strips(grid.width, grid.height):
-                    rows = slice(int(win.row_off), int(win.row_off + win.height))
-                    nodata = classes[rows] == 0
-                    sieved[rows][nodata] = 0
-                classes = sieved
+                classes = _sieve(classes, min_pixels, connectivity, Path(tmpdir))
             counts: dict[int, int] = {}
             layer = layer or out.stem
             with atomic_output(out) as tmp:
-                written = 0
+                batches = 0
                 batch_geoms, batch_values = [], []
                 for geom, value in shapes(classes, connectivity=connectivity, transform=grid.transform):
-                    if value == 0:
-                        continue
-                    batch_geoms.append(geom)
-                    batch_values.append(int(value))
+                    if value != 0:
+                        batch_geoms.append(geom)
+                        batch_values.append(int(value))
                     if len(batch_geoms) >= BATCH:
-                        written += _write(tmp, layer, grid, batch_geoms, batch_values, names,
-                                          append=written > 0)
-                        batch_geoms, batch_values = [], []
-                    counts[int(value)] = counts.get(int(value), 0) + 1
-                if batch_geoms or written == 0:
-                    written += _write(tmp, layer, grid, batch_geoms, batch_values, names,
-                                      append=written > 0)
+                        _count(counts, _write(tmp, layer, grid, batch_geoms, batch_values, names,
+                                              append=batches > 0, multi=connectivity == 8))
+                        batches, batch_geoms, batch_values = batches + 1, [], []
+                if batch_geoms or batches == 0:
+                    _count(counts, _write(tmp, layer, grid, batch_geoms, batch_values, names, append=batches > 0,
+                                          multi=connectivity == 8))
+            written = sum(counts.values())
     return {"path": str(out), "layer": layer, "features": written, "min_area_pixels": min_pixels,
             "per_class": dict(sorted(counts.items()))}
+
+
+#: Masked sieve passes at most (each walks the whole raster; two or three reach a fixed point in practice).
+SIEVE_PASSES = 8
+
+
+def _sieve(classes: np.memmap, min_pixels: int, connectivity: int, folder: Path) -> np.memmap:
+    """``classes`` with every patch smaller than ``min_pixels`` merged into its largest neighbouring class, or
+    removed (set to 0) when it touches no class; no data (0) stays no data."""
+    from rasterio.features import sieve
+
+    shape, dtype = classes.shape, classes.dtype
+    rows = [slice(int(w.row_off), int(w.row_off + w.height)) for w in strips(shape[1], shape[0])]
+    mask = np.memmap(folder / "mask.raw", dtype=np.uint8, mode="w+", shape=shape)
+    for r in rows:
+        mask[r] = classes[r] != 0
+    buffers = [np.memmap(folder / f"sieved{i}.raw", dtype=dtype, mode="w+", shape=shape) for i in (0, 1)]
+    current = classes
+    for i in range(SIEVE_PASSES):
+        out = buffers[i % 2]
+        # Masked: no data is neither merged nor a neighbour to merge into.
+        sieve(current, min_pixels, out=out, mask=mask, connectivity=connectivity)
+        done = all(np.array_equal(out[r], current[r]) for r in rows)
+        current = out
+        if done:
+            break
+    # What is still too small touches no class: unmasked, its only neighbour is no data, which takes it; no data
+    # that the same pass merged into a class is given back below.
+    out = buffers[1] if current is buffers[0] else buffers[0]
+    sieve(current, min_pixels, out=out, connectivity=connectivity)
+    for r in rows:
+        out[r][classes[r] == 0] = 0
+    return out
 
 
 def _copy_classes(ds, dest: np.memmap) -> bool:
@@ -143,13 +173,39 @@ def _copy_classes(ds, dest: np.memmap) -> bool:
 
 
 def _write(path: Path, layer: str, grid: Grid, geoms: list, values: list[int],
-           names: dict[int, str], append: bool) -> int:
+           names: dict[int, str], append: bool, multi: bool = False) -> np.ndarray:
+    """Append polygons to the layer; invalid ones are made valid, as multipolygons when ``multi`` (one feature
+    per patch) and split into their parts otherwise. Returns the class value of each feature written."""
     import shapely
     from pyogrio.raw import write
 
-    geometry = shapely.to_wkb(np.array([shapely.geometry.shape(g) for g in geoms], dtype=object))
-    field_data = [np.array(values, dtype=np.int32),
-                  np.array([names.get(v, str(v)) for v in values], dtype=object)]
-    write(str(path), geometry, field_data, [VALUE_FIELD, NAME_FIELD], layer=layer, driver="GPKG",
-                  geometry_type="Polygon", crs=grid.crs.to_wkt() if grid.crs else None, append=append)
-    return len(geoms)
+    shapes_ = np.array([shapely.geometry.shape(g) for g in geoms], dtype=object)
+    vals = np.array(values, dtype=np.int32)
+    bad = ~shapely.is_valid(shapes_) if len(shapes_) else np.zeros(0, bool)
+    if bad.any():
+        shapes_[bad] = [_polygonal(g) for g in shapely.make_valid(shapes_[bad])]
+    if multi:
+        shapes_ = np.array([g if g.geom_type == "MultiPolygon" else shapely.MultiPolygon([g]) for g in shapes_],
+                           dtype=object)
+    else:
+        shapes_, index = shapely.get_parts(shapes_, return_index=True)
+        vals = vals[index]
+    field_data = [vals, np.array([names.get(int(v), str(v)) for v in vals], dtype=object)]
+    write(str(path), shapely.to_wkb(shapes_), field_data, [VALUE_FIELD, NAME_FIELD], layer=layer, driver="GPKG",
+          geometry_type="MultiPolygon" if multi else "Polygon", crs=grid.crs.to_wkt() if grid.crs else None,
+          append=append)
+    return vals
+
+
+def _count(counts: dict[int, int], values: np.ndarray) -> None:
+    for v, n in zip(*np.unique(values, return_counts=True), strict=True):
+        counts[int(v)] = counts.get(int(v), 0) + int(n)
+
+
+def _polygonal(geom):
+    """The polygons of a geometry made valid (a collection may also hold the lines of collapsed corners)."""
+    import shapely
+
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    polys = [q for p in parts for q in shapely.get_parts(p)]
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)

@@ -58,7 +58,8 @@ def register(sub) -> None:
     v.add_argument("raster", metavar="P.tif", help="classified raster")
     v.add_argument("--out", required=True, metavar="polygons.gpkg", help="output GeoPackage")
     v.add_argument("--min-area", type=float, metavar="M", help="minimum mapping unit in CRS units² (m² for "
-                   "geographic CRSs); smaller patches merge into their largest neighbour")
+                   "geographic CRSs); smaller patches merge into their largest neighbouring class (specks inside no data "
+                   "are removed)")
     v.add_argument("--connectivity", type=int, choices=(4, 8), default=4, help="pixel connectivity "
                    "(default: %(default)s)")
     _overwrite_arg(v)
