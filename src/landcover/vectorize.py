@@ -46,7 +46,7 @@ _GDAL_INT_TYPES = {"uint8", "uint16", "int16", "int32"}
 def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") -> int:
     """The minimum mapping unit in pixels (rounded up).
 
-    ``min_area`` is in CRS units² for projected CRSs; for a geographic CRS it is in m², converted with the
+    ``min_area`` is in CRS units² for planar CRSs; for a geographic or Mercator CRS it is in m², converted with the
     geodesic area of a pixel in the raster's middle row.
     """
     if min_area is not None and not (math.isfinite(min_area) and min_area >= 0):
@@ -68,7 +68,7 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
     Args:
         raster: single-band classified raster (class values; 0 or its nodata = no data).
         out: output GeoPackage (.gpkg), written to a temporary file and renamed when complete.
-        min_area: minimum mapping unit in CRS units² (m² for a geographic CRS); smaller patches are merged into
+        min_area: minimum mapping unit in CRS units² (m² for a geographic or Mercator CRS); smaller patches are merged into
             their largest neighbour before polygonizing. None or 0: keep every pixel.
         connectivity: 4 (edge neighbours, GDAL's default) or 8 (corners too), for sieve and polygons alike.
         layer: layer name (default: the output file's stem).

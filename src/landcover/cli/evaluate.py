@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     a = sub.add_parser("areas", help="pixels, hectares and percent of each class",
-                       description="Per-class pixels, area (CRS units; geodesic m² for geographic CRSs), "
+                       description="Per-class pixels, area (CRS units; geodesic m² for geographic and Mercator CRSs), "
                        "hectares and percent; no data excluded.")
     a.add_argument("raster", metavar="P.tif", help="classified raster")
     a.add_argument("--out", metavar="areas.csv", help="write the table as CSV")
@@ -58,7 +58,7 @@ def register(sub) -> None:
     v.add_argument("raster", metavar="P.tif", help="classified raster")
     v.add_argument("--out", required=True, metavar="polygons.gpkg", help="output GeoPackage")
     v.add_argument("--min-area", type=float, metavar="M", help="minimum mapping unit in CRS units² (m² for "
-                   "geographic CRSs); smaller patches merge into their largest neighbouring class (specks inside no data "
+                   "geographic and Mercator CRSs); smaller patches merge into their largest neighbouring class (specks inside no data "
                    "are removed)")
     v.add_argument("--connectivity", type=int, choices=(4, 8), default=4, help="pixel connectivity "
                    "(default: %(default)s)")
