@@ -505,3 +505,20 @@ def test_thin_stratum_hint_depends_on_the_strategy(tmp_path, strategy, hint):
     assert note.endswith(hint) and note in report.warnings
     if strategy != "random":
         assert "strategy" not in note  # the strategy in use already gives every class its share
+
+
+def test_references_that_cannot_be_compared_are_refused_or_warned(tmp_path):
+    """A multi-band image given as the reference, codes that match none of the map's (values x 10), and class
+    tables that name the same value differently."""
+    p, r, pred, ref = _pair(tmp_path)
+    image = write_raster(tmp_path / "image.tif", np.stack([ref, ref, ref]), nodata=255,
+                         transform=from_origin(*ORIGIN, 2.0, 2.0))
+    with pytest.raises(LandcoverError, match="has 3 bands; give a one-band raster"):
+        evaluate(p, image)
+    tens = write_raster(tmp_path / "tens.tif", np.where(ref == 255, 0, ref * 10).astype(np.uint8), nodata=0,
+                        transform=from_origin(*ORIGIN, 2.0, 2.0))
+    with pytest.raises(LandcoverError, match=r"none of the reference's class values \(10, 20, 30, 40\) is a class"):
+        evaluate(p, tens)
+    write_class_table(r, [ClassInfo(1, "water", (0, 0, 255)), ClassInfo(2, "Buildings", (9, 9, 9))])
+    with pytest.warns(UserWarning, match="name some class values differently \\(2: Forest / Buildings\\)"):
+        evaluate(p, r)

@@ -178,6 +178,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
                                  "nodata and that it covers the reference")
         raise LandcoverError(f"{pred_path} and {ref_path}: no pixel has a class in both after excluding no data; "
                              "check the nodata values and that the rasters cover the same area")
+    _check_shared_values(values, matrix, pred_path, ref_path, ref.class_field)
     classes = _class_list(values, pred_classes, ref.classes)
     m = confusion_metrics(matrix)
     per_class = [
@@ -194,6 +195,10 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         notes.append(f"{unmapped:,} of {labelled:,} labelled reference pixels ({100 * unmapped / labelled:.1f} %) "
                      f"have no class in the prediction ({_map_no_data(nodata)}) and are left out of the "
                      "confusion matrix and the accuracy; see reference_pixels_without_prediction")
+    renamed = _renamed_classes(pred_classes, ref.classes)
+    if renamed:
+        notes.append(f"map and reference name some class values differently ({renamed}); classes are compared by "
+                     "value, so check that both use the same codes")
     if missing_pred:
         notes.append(f"reference classes missing from the prediction: {', '.join(map(str, missing_pred))} "
                      "(their producer's accuracy and IoU are 0)")
@@ -213,6 +218,30 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
     if out is not None:
         report.save(out)
     return report
+
+
+def _check_shared_values(values, matrix, pred_path: str, ref_path: str, class_field: str | None) -> None:
+    """Refuse a reference whose class values are none of the map's: every pixel would be wrong, and an overall
+    accuracy of 0 would hide a coding mismatch (another legend, values times 10, a wrong field)."""
+    mapped = {v for v, n in zip(values, matrix.sum(axis=1), strict=True) if n}
+    labelled = {v for v, n in zip(values, matrix.sum(axis=0), strict=True) if n}
+    if not mapped & labelled:
+        field = f" (field {class_field!r}; choose another with --class-field)" if class_field else ""
+        raise LandcoverError(f"{ref_path}: none of the reference's class values ({_listed(labelled)}){field} is a "
+                             f"class of {pred_path} ({_listed(mapped)}); recode the reference to the map's values")
+
+
+def _listed(values, most: int = 8) -> str:
+    values = sorted(values)
+    return ", ".join(map(str, values[:most])) + (", ..." if len(values) > most else "")
+
+
+def _renamed_classes(pred: list[ClassInfo], ref: list[ClassInfo]) -> str:
+    """``"2: Tree Canopy / Water, ..."`` for values both class tables name, differently."""
+    theirs = {c.value: c.name for c in ref}
+    differ = [(c.value, c.name, theirs[c.value]) for c in pred
+              if c.value in theirs and c.name.strip().casefold() != theirs[c.value].strip().casefold()]
+    return ", ".join(f"{v}: {a} / {b}" for v, a, b in differ)
 
 
 def _map_no_data(nodata) -> str:

@@ -69,6 +69,9 @@ class RasterReference:
         self.ds = open_raster(self.path, "reference raster")
         try:
             dtype = np.dtype(self.ds.dtypes[0])
+            if self.ds.count != 1:
+                raise LandcoverError(f"{self.path}: the reference raster has {self.ds.count} bands; give a one-band "
+                                     "raster of class values (e.g. gdal_translate -b 1)")
             if dtype.kind not in "uif":
                 raise LandcoverError(f"{self.path}: the reference raster is {dtype}; class values must be integers "
                                      "(0 or the raster's nodata = no data)")
