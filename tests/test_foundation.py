@@ -177,3 +177,14 @@ def test_esri_spatial_references_and_envelopes():
     assert esri_extent({"XMin": 1, "YMin": 2, "XMax": 3, "YMax": 4}) == ((1.0, 2.0, 3.0, 4.0), None)
     with pytest.raises(LandcoverError, match="four numbers"):
         esri_extent("MAXOF")
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    from landcover.raster import check_writable_dir
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    with pytest.raises(LandcoverError, match="notes.txt: is a file, not a folder; choose another"):
+        check_writable_dir(blocker)
+    with pytest.raises(LandcoverError, match="notes.txt: is a file, not a folder, so the output folder .*sub"):
+        check_writable_dir(blocker / "sub")

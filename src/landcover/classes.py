@@ -12,6 +12,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +234,11 @@ def read_class_table(path: str | os.PathLike) -> list[ClassInfo]:
                     out.append(ClassInfo(int(f["Value"]), f["Class"], rgb))  # type: ignore[arg-type]
                 if out:
                     return sorted(out, key=lambda c: c.value)
-    with rasterio.open(path) as ds:
+    with warnings.catch_warnings():
+        # Georeferencing does not matter for the class table; callers that need it say so in their own words.
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        ds = rasterio.open(path)
+    with ds:
         tag = ds.tags(1).get("LANDCOVER_CLASSES")
         if tag:
             return classes_from_esri(json.loads(tag))

@@ -429,6 +429,10 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], what: str,
 def check_writable_dir(folder: str | os.PathLike, create: bool = True) -> Path:
     """Make sure ``folder`` exists (creating it) and is writable, or raise a one-line error."""
     folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == folder else f", so the output folder {folder} cannot be made"
+        raise LandcoverError(f"{blocker}: is a file, not a folder{where}; choose another output path")
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,9 @@ def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") ->
     pixel = PixelAreas(grid, what).mean()
     pixels = max(1, math.ceil(min_area / pixel - 1e-9))
     if pixels >= grid.width * grid.height:  # GDAL's sieve needs patches smaller than the raster
+        unit = "m²" if PixelAreas(grid, what).unit == "m²" else "CRS units²"
         raise LandcoverError(f"--min-area {min_area:g}: not smaller than the whole raster "
-                             f"({grid.width * grid.height * pixel:g}); give a smaller minimum mapping unit")
+                             f"({grid.width * grid.height * pixel:g} {unit}); give a smaller minimum mapping unit")
     return pixels
 
 
@@ -83,8 +84,8 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
     out = check_output(out, (".gpkg",), "polygon layer (GeoPackage)", [raster])
     check_writable_dir(out.parent)
     path = str(raster)
-    names = {c.value: c.name for c in read_class_table(path)}
     with open_raster(path, "classified raster") as ds:
+        names = {c.value: c.name for c in read_class_table(path)}
         check_classified(ds, path)
         if ds.crs is None:
             raise LandcoverError(f"{path}: the raster has no CRS, so its polygons would have none; assign one "

@@ -8,10 +8,12 @@ grid or CRS is read decimated around the map's extent and warped in memory onto 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from rasterio.enums import Resampling
+from rasterio.errors import NodataShadowWarning
 from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -50,7 +52,11 @@ def read_onto(ds, indexes: list[int], dst: Grid, resampling: Resampling) -> tupl
     # Twice the display resolution is plenty for the warp below and bounds the read by the display size.
     shape = (min(int(win.height), 2 * dst.height), min(int(win.width), 2 * dst.width))
     block = ds.read(indexes, window=win, out_shape=(len(indexes), *shape), resampling=resampling)
-    mask = ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
+    with warnings.catch_warnings():
+        # 4-band imagery with a nodata value (NAIP RGBN) makes GDAL call band 4 "alpha"; nodata decides the
+        # mask, which is what we want, so rasterio's warning about it is noise.
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        mask = ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
     src_t = ds.window_transform(win) @ Affine.scale(win.width / shape[1], win.height / shape[0])
     kw = dict(src_transform=src_t, src_crs=ds.crs or dst.crs, dst_transform=dst.transform, dst_crs=dst.crs or ds.crs)
     for i in range(len(indexes)):
