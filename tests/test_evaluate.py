@@ -522,3 +522,21 @@ def test_references_that_cannot_be_compared_are_refused_or_warned(tmp_path):
     write_class_table(r, [ClassInfo(1, "water", (0, 0, 255)), ClassInfo(2, "Buildings", (9, 9, 9))])
     with pytest.warns(UserWarning, match="name some class values differently \\(2: Forest / Buildings\\)"):
         evaluate(p, r)
+
+
+def test_ignored_reference_values_are_unlabelled(tmp_path, capsys):
+    """A reference's 'ignore' code (255 in NRCan's land cover) is left out like its no data."""
+    p, _, pred, ref = _pair(tmp_path)
+    coded = ref.copy()
+    coded[ref == 255] = 0
+    coded[40:60, 20:50] = 255  # 'ignore' patches, not the raster's nodata
+    r = write_raster(tmp_path / "coded.tif", coded, nodata=0, transform=from_origin(*ORIGIN, 2.0, 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = evaluate(p, r, ignore_values=[255])
+        counted = evaluate(p, r)
+    exp = _numpy_metrics(pred, np.where(coded == 255, 0, coded), ref_nodata=0)
+    np.testing.assert_array_equal(report.matrix, exp["matrix"])
+    assert report.ignored_reference_values == [255] and 255 in [c.value for c in counted.classes]
+    assert main(["evaluate", "--prediction", str(p), "--reference", str(r), "--ignore-values", "255"]) == 0
+    assert "255" not in capsys.readouterr().out.split("overall accuracy")[0].split()

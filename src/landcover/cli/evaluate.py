@@ -24,6 +24,8 @@ def register(sub) -> None:
                    help="sampling: stratified (proportional to class area, at least min(50, N/classes) per "
                    "class), equalized (same per class) or random (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: %(default)s)")
+    p.add_argument("--ignore-values", type=int, nargs="+", metavar="V", help="reference values that mean "
+                   "'not labelled' besides 0 and nodata (e.g. 255 for 'ignore')")
     _overwrite_arg(p)
     p.set_defaults(func=_evaluate)
 
@@ -80,7 +82,8 @@ def _evaluate(args) -> int:
     ours: list[str] = []
     with own_warnings(AccuracyWarning, ours.append), own_warnings(AreaWarning, ours.append):
         report = evaluate(args.prediction, args.reference, class_field=args.class_field, out=args.out,
-                          sample=args.sample, strategy=args.strategy, seed=args.seed)
+                          sample=args.sample, strategy=args.strategy, seed=args.seed,
+                          ignore_values=args.ignore_values)
     print(report.format_table())
     for message in ours:
         print(f"landcover evaluate: warning: {message}", file=sys.stderr)

@@ -78,6 +78,7 @@ class AccuracyReport:
     reference_pixels_without_prediction: int
     missing_from_prediction: list[int]
     missing_from_reference: list[int]
+    ignored_reference_values: list[int] = field(default_factory=list)
     sample: dict | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -94,6 +95,7 @@ class AccuracyReport:
             "reference": self.reference,
             "reference_kind": self.reference_kind,
             "class_field": self.class_field,
+            "ignored_reference_values": self.ignored_reference_values,
             "convention": CONVENTION,
             "classes": [{"value": c.value, "name": c.name} for c in self.classes],
             "confusion_matrix": self.matrix,
@@ -127,7 +129,7 @@ class AccuracyReport:
 
 def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_field: str | None = None,
              out: str | os.PathLike | None = None, sample: int | None = None, strategy: str = "stratified",
-             seed: int = 0) -> AccuracyReport:
+             seed: int = 0, ignore_values: list[int] | None = None) -> AccuracyReport:
     """Compare a classified raster with a reference raster or reference polygons.
 
     Args:
@@ -141,9 +143,10 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         strategy: ``stratified`` (proportional to map class area, at least min(50, sample // classes) per class),
             ``equalized`` (the same number per class) or ``random`` (simple random over all pixels).
         seed: random seed of the sample.
+        ignore_values: reference values that mean "not labelled" besides 0 and nodata (e.g. 255 for "ignore").
 
-    Pixels are compared where both sides have data; the sample is drawn from the same pixels, so the estimated
-    areas cover the assessed area. Labelled reference pixels where the map has no class (0 or its nodata) are
+    Pixels are compared where both sides have data; the sample is drawn from the same pixels, and its estimates
+    weight each map class by its area over the whole map. Labelled reference pixels where the map has no class (0 or its nodata) are
     left out of the matrix but counted in ``reference_pixels_without_prediction`` (with a warning above 1 %).
     Reference classes the prediction never contains are reported in ``missing_from_prediction`` (and as a
     warning), not an error. Warnings are :class:`AccuracyWarning` and are also listed in the report.
@@ -154,6 +157,10 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         if int(sample) < 1:
             raise LandcoverError(f"--sample {sample}: the sample size must be at least 1")
     pred_path, ref_path = str(prediction), str(reference)
+    try:
+        ignored = sorted({int(v) for v in ignore_values or []})
+    except (TypeError, ValueError):
+        raise LandcoverError(f"--ignore-values {ignore_values}: give whole numbers") from None
     if out is not None:
         out = check_output(out, (".json",), "report", [prediction, reference])
         check_output(heatmap_path(out), (".png",), "confusion heatmap", [prediction, reference])
@@ -167,7 +174,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         ref = open_reference(ref_path, grid, class_field, pred_classes)
         try:
             counter, sampler, strata, unassessed, unmapped, areas = _stream(ds, grid, ref, sample, strategy,
-                                                                             seed, pred_path)
+                                                                             seed, pred_path, ignored)
         finally:
             ref.close()
     values, matrix = counter.matrix()
@@ -208,7 +215,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         mean_iou=m["mean_iou"], per_class=per_class, pixels_compared=counter.total,
         prediction_pixels_without_reference=unassessed, reference_pixels_without_prediction=unmapped,
         missing_from_prediction=missing_pred,
-        missing_from_reference=missing_ref, warnings=notes,
+        missing_from_reference=missing_ref, ignored_reference_values=ignored, warnings=notes,
     )
     if sample is not None:
         report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata,
@@ -253,7 +260,7 @@ def _map_no_data(nodata) -> str:
     return f"map value 0 or its nodata {nodata:g}"
 
 
-def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
+def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str, ignored: list[int]):
     """One pass over the prediction: confusion counts, the sample reservoirs, the strata (each map class's
     pixels and m² over the whole map) and the pixels with a class on one side only (map without reference,
     labelled reference without map)."""
@@ -264,6 +271,8 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str):
     unassessed = unmapped = 0
     for win, data, pvalid in class_strips(ds, path):  # grid is the prediction's own
         rvals, rvalid = ref.read(win)
+        if ignored:
+            rvalid &= ~np.isin(rvals, ignored)
         both = pvalid & rvalid
         unassessed += int(np.count_nonzero(pvalid & ~rvalid))
         unmapped += int(np.count_nonzero(rvalid & ~pvalid))
