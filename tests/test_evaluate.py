@@ -540,3 +540,24 @@ def test_ignored_reference_values_are_unlabelled(tmp_path, capsys):
     assert report.ignored_reference_values == [255] and 255 in [c.value for c in counted.classes]
     assert main(["evaluate", "--prediction", str(p), "--reference", str(r), "--ignore-values", "255"]) == 0
     assert "255" not in capsys.readouterr().out.split("overall accuracy")[0].split()
+
+
+def test_class_0_polygons_unlabel_what_lies_under_them(tmp_path):
+    import pyogrio.raw
+    import shapely
+
+    t = from_origin(*ORIGIN, 1, 1)
+    pred = np.full((20, 20), 1, np.uint8)
+    pred[:, 10:] = 2
+    p = write_raster(tmp_path / "p.tif", pred, transform=t)
+    boxes = [(0, 0, 20, 20, 1), (5, 5, 15, 15, 0)]  # col0, row0, col1, row1, class; the 0 box is drawn last
+    geoms = [shapely.box(*(t @ (c0, r1)), *(t @ (c1, r0))) for c0, r0, c1, r1, _ in boxes]
+    gpkg = tmp_path / "ref.gpkg"
+    pyogrio.raw.write(str(gpkg), shapely.to_wkb(np.array(geoms, dtype=object)),
+                      [np.array([b[4] for b in boxes], dtype=np.int32)], ["classvalue"], driver="GPKG",
+                      geometry_type="Polygon", crs="EPSG:32617")
+    truth = np.ones((20, 20), np.uint8)
+    truth[5:15, 5:15] = 0
+    report = evaluate(p, gpkg)
+    np.testing.assert_array_equal(report.matrix, _numpy_metrics(pred, truth, ref_nodata=0)["matrix"])
+    assert report.pixels_compared == 400 - 100

@@ -130,9 +130,10 @@ class PolygonReference:
         _, _, wkb, field_data = pyogrio.raw.read(self.path, columns=[self.class_field], bbox=bbox)
         geoms = shapely.from_wkb(wkb)
         values = _class_values(self.path, self.class_field, dtype, field_data[0], classes)
-        keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) & (values != 0)
+        # Class-0 polygons are kept: burnt in the file's order, they unlabel what lies under them.
+        keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
         geoms, values = geoms[keep], values[keep]
-        if geoms.size == 0:
+        if not (values != 0).any():
             raise LandcoverError(f"{self.path}: no reference polygon with a class overlaps the prediction; check "
                                  f"the field {self.class_field!r} and that both cover the same area")
         if crs != grid.crs:
