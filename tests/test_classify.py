@@ -439,9 +439,9 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
     cases = [
         (["--model", model_dir, "--imagery", no_crs, "--out", out], "no CRS"),
         (["--model", model_dir, "--imagery", truncated, "--out", out, "--tile-size", 32], "truncated or corrupt"),
-        (["--model", model_dir, "--imagery", copy, "--out", copy, "--overwrite"], "would replace the imagery"),
+        (["--model", model_dir, "--imagery", copy, "--out", copy, "--overwrite"], "which it is made from"),
         (["--model", model_dir, "--imagery", path, "--out", folder, "--overwrite"], "is a folder"),
-        (["--model", model_dir, "--imagery", path, "--out", tmp_path / "out.png"], ".tif name"),
+        (["--model", model_dir, "--imagery", path, "--out", tmp_path / "out.png"], "give it a .tif"),
         (["--model", model_dir, "--imagery", path, "--out", out, "--cell-size", "nan"], "--cell-size"),
         (["--model", model_dir, "--imagery", path, "--out", out, "--tile-size", 0], "at least 16"),
         (["--model", tmp_path / "nope.emd", "--imagery", path, "--out", out], "model not found"),
@@ -449,7 +449,7 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
         (["--model", model_dir, "--imagery", three, "--out", out], "band"),
         (["--model", model_dir, "--imagery", uint16, "--out", out], "uint16"),
         (["--model", model_dir, "--imagery", path, "--out", out, "--extent", 0, 0, 10, 10], "does not overlap"),
-        (["--model", model_dir, "--imagery", path, "--out", blocker / "out.tif"], "not writable"),
+        (["--model", model_dir, "--imagery", path, "--out", blocker / "out.tif"], "is a file, not a folder"),
         (["--model", model_dir, "--imagery", path, "--out", out, "--scheduler", "tcp://127.0.0.1:9"], "scheduler"),
     ]
     if not torch.cuda.is_available():

@@ -300,5 +300,5 @@ def test_api_mistakes_of_a_notebook_user_are_one_line(first_run, tmp_path):
         model.save("")
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    with pytest.raises(LandcoverError, match="not writable"):
+    with pytest.raises(LandcoverError, match="afile: is a file, not a folder"):
         model.save(blocker / "m")  # its parent is a file
