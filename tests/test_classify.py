@@ -549,6 +549,9 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
                                            "test_time_augmentation": "True", "tile_size": "64"},
                           context={"cellSize": "2", "extent": envelope, "processorType": "CPU"})
     assert out == tmp_path / "seed.tif"
+    dotted = classify_pixels(path, {"uri": str(model_dir)}, output_name=str(tmp_path / "kent.2019"), padding=8,
+                             process_all_raster_items=False, progress=False)
+    assert dotted == tmp_path / "kent.2019.tif" and dotted.exists()
     plain = classify_pixels(path, model_dir, tmp_path / "plain.tif", padding=8, batch_size=4,
                             predict_background=False, test_time_augmentation=True, tile_size=64, cell_size=2,
                             extent=bounds, extent_crs="EPSG:3857", backend="cpu", progress=False)
@@ -559,17 +562,23 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"model_arguments": {"threshold": "0.5"}}, "not an argument of landcover's U-Net"),
-    ({"model_arguments": {"padding": "eight"}}, "give a number"),
+    ({"model_arguments": {"padding": "eight"}}, "give a whole number"),
     ({"model_arguments": {"padding": "16"}, "padding": 8}, "give it once"),
     ({"context": {"processorType": "TPU"}}, "give 'CPU' or 'GPU'"),
     ({"context": {"outSR": 4326}}, "reproject the result"),
     ({"gis": object()}, "drop gis="),
+    ({"future": True}, "future=True: not supported"),
+    ({"model": {"url": "https://host/model.emd"}}, "on this machine"),
+    ({"padding": 8.5}, "--padding 8.5: give a whole number"),
+    ({"context": {"processorType": "GPU"}, "backend": "fp32"}, "give one of them" if torch.cuda.is_available()
+     else "torch sees no CUDA GPU here; give 'CPU'"),
 ])
 def test_arcgis_learn_forms_landcover_cannot_honour_are_refused(model_dir, raster, tmp_path, kwargs, words):
     import re
 
     with pytest.raises(LandcoverError, match=re.escape(words)):
-        classify_pixels(raster[0], model_dir, tmp_path / "x.tif", progress=False, **kwargs)
+        classify_pixels(**{"input_raster": raster[0], "model": model_dir, "output": tmp_path / "x.tif",
+                           "progress": False, **kwargs})
     with pytest.raises(LandcoverError, match="model_arguments"):  # arcgis.learn's third positional argument
         classify_pixels(raster[0], model_dir, {"padding": "8"})
     assert not list(tmp_path.iterdir())

@@ -599,12 +599,30 @@ def test_arcgis_learn_call_exports_what_the_plain_call_does(scene, tmp_path):
     ({"context": {"rotation": 90}}, "not a setting"),
     ({"gis": object()}, "drop gis="),
     ({"input_raster": "other.tif"}, "give it once"),
+    ({"buffer_radius": "abc"}, "--buffer-radius abc: give a number"),
+    ({"rotation_angle": 90}, "rotation_angle=90: not supported"),
+    ({"tilesize": 128}, "unexpected keyword argument 'tilesize'"),
+    ({"tile_size": 128.5}, "--tile-size 128.5: give a whole number"),
+    ({"out": "TIFF", "output_location": "x"}, "third positional argument is chip_format"),
+    ({"context": {"cellSize": 0.01}}, "100 times finer than"),
 ])
 def test_arcgis_learn_forms_landcover_cannot_honour_are_one_line(scene, tmp_path, kwargs, words):
     call = {"imagery": scene["imagery"], "labels": scene["labels"], "out": tmp_path / "x", "progress": False}
     with pytest.raises(LandcoverError, match=re.escape(words)):
         export_training_data(**{**call, **kwargs})
     assert not (tmp_path / "x").exists()
+
+
+def test_arcgis_learn_defaults_and_a_world_extent_are_accepted(scene, tmp_path):
+    """The seed's other keywords at their defaults, string sizes, a path given both ways, and an extent that
+    contains the raster but cannot be projected into its UTM zone (the whole world in degrees)."""
+    world = {"xmin": -180, "ymin": -90, "xmax": 180, "ymax": 90, "spatialReference": {"wkid": 4326}}
+    export_training_data(scene["imagery"], input_raster=str(scene["imagery"]), input_class_data=scene["labels"],
+                         output_location=tmp_path / "x", tile_size={"x": "64.0", "y": "64"}, rotation_angle=0,
+                         reference_system="MAP_SPACE", process_all_raster_items=False, future=False,
+                         context={"extent": world}, progress=False)
+    export_training_data(scene["imagery"], scene["labels"], tmp_path / "y", tile_size=64, progress=False)
+    assert [p.name for p in chips_of(tmp_path / "x")] == [p.name for p in chips_of(tmp_path / "y")]
 
 
 def test_arcgis_learn_server_only_context_keys_warn_and_export(scene, tmp_path):
@@ -631,3 +649,15 @@ def test_labels_on_the_imagery_grid_covering_part_of_it(scene, tmp_path):
             win = window_of(grid, di.transform, 64)
             valid = (di.read() != 0).any(axis=0)
             assert np.array_equal(dl.read(1), np.where(valid, padded(lab, win), 0))
+
+
+def test_truncated_imagery_is_one_line_naming_it(scene, tmp_path, capsys):
+    """Its header opens but its pixels do not: the export says which file, as classify does."""
+    full = write_raster(tmp_path / "full.tif", scene["img"], crs=UTM, transform=from_origin(*ORIGIN, 1.0, 1.0),
+                        nodata=0, tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(LandcoverError, match="cut.tif: cannot read its pixels"):
+        export_training_data(cut, scene["labels"], tmp_path / "x", tile_size=64, progress=False)
+    assert cli("--imagery", cut, "--labels", scene["labels"], "--out", tmp_path / "y") == 2
+    assert "cut.tif: cannot read its pixels" in capsys.readouterr().err

@@ -136,9 +136,50 @@ def merge(name: str, given: Any, default: Any, arcgis_value: Any, arcgis_name: s
     in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ."""
     if arcgis_value is None:
         return given
-    if given is not None and given != default and given != arcgis_value:
+    if given is not None and not _same(given, default) and not _same(given, arcgis_value):
         raise LandcoverError(f"{name}={given!r} and {arcgis_name}={arcgis_value!r}: give it once")
     return arcgis_value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as arguments: paths by where they point, sequences by their items."""
+    import os
+
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(a)) == os.path.abspath(os.fspath(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+#: Keywords of arcgis.learn's export_training_data / classify_pixels that landcover accepts at their defaults
+#: only, with why another value is refused.
+SEED_ONLY_DEFAULTS = {
+    "input_mask_polygons": (None, "clip the imagery or labels to the mask polygons first"),
+    "rotation_angle": (0, "landcover augments with flips and rotations at training time (prepare_data)"),
+    "reference_system": ("MAP_SPACE", "chips are always in map space"),
+    "process_all_raster_items": (False, "give each raster as its own input"),
+    "blacken_around_feature": (False, "it applies to Labeled_Tiles, not Classified_Tiles"),
+    "fix_chip_size": (True, "it applies to Labeled_Tiles, not Classified_Tiles"),
+    "additional_input_raster": (None, "change detection is not a landcover task"),
+    "input_instance_data": (None, "panoptic segmentation is not a landcover task"),
+    "instance_class_value_field": (None, "panoptic segmentation is not a landcover task"),
+    "min_polygon_overlap_ratio": (0, "every labelled pixel is kept"),
+    "future": (False, "landcover runs here and returns when done"),
+    "estimate": (False, "landcover runs here; there are no credits to estimate"),
+    "tiles_only": (None, "the output is a file"),
+}
+
+
+def check_seed_only(options: dict, step: str, accepted: tuple[str, ...]) -> None:
+    """Accept arcgis.learn keywords of ``step`` that landcover has no use for at their defaults; refuse other
+    values, and names that are no keyword of ``step`` at all, in one line."""
+    for key, value in options.items():
+        if key not in accepted:
+            raise LandcoverError(f"{step}() got an unexpected keyword argument {key!r}")
+        default, why = SEED_ONLY_DEFAULTS[key]
+        if not _same(value, default) and not (default in (0, False, None) and not value):
+            raise LandcoverError(f"{key}={value!r}: not supported by landcover ({why})")
 
 
 def cell_size_value(value: Any) -> float:
@@ -166,10 +207,15 @@ def flag(value: Any, name: str) -> bool:
 
 
 def whole(value: Any, name: str) -> int:
-    """An int from arcgis's string forms (``"64"``, ``"64.0"``)."""
-    number = _number(value, name)
-    if number != int(number):
-        raise LandcoverError(f"{name}={value!r}: give a whole number")
+    """An int from arcgis's string forms (``"64"``, ``"64.0"``); ``name`` is how the message names it
+    (``--tile-size`` words it as a flag, anything else as ``name=value``)."""
+    shown = f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"{shown}: give a whole number") from None
+    if not math.isfinite(number) or number != int(number):
+        raise LandcoverError(f"{shown}: give a whole number")
     return int(number)
 
 

@@ -127,6 +127,10 @@ def parse_crs(text: str | CRS | None, what: str = "--extent-crs") -> CRS | None:
         raise LandcoverError(f"{what}: {text!r} is not a CRS (use for example EPSG:3857)") from None
 
 
+#: How many times finer than the source's a cell size may be (beyond, resampling only multiplies pixels).
+MAX_UPSAMPLING = 10
+
+
 def target_grid(
     source: Grid,
     extent: Sequence[float] | None = None,
@@ -150,6 +154,12 @@ def target_grid(
             raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: xmin must be < xmax and ymin < ymax")
         ecrs = parse_crs(extent_crs) or source.crs
         if ecrs != source.crs:
+            # Clip the extent to the raster's footprint in the extent's CRS first: a large extent (the whole
+            # world in degrees) cannot be projected into a local CRS such as a UTM zone.
+            fxmin, fymin, fxmax, fymax = transform_bounds(source.crs, ecrs, *source.bounds, densify_pts=21)
+            xmin, ymin, xmax, ymax = max(xmin, fxmin), max(ymin, fymin), min(xmax, fxmax), min(ymax, fymax)
+            if xmin >= xmax or ymin >= ymax:
+                raise LandcoverError(f"{name}: the extent {tuple(extent)} does not overlap the raster")
             xmin, ymin, xmax, ymax = transform_bounds(ecrs, source.crs, xmin, ymin, xmax, ymax, densify_pts=21)
         left, bottom, right, top = max(left, xmin), max(bottom, ymin), min(right, xmax), min(top, ymax)
         if left >= right or bottom >= top:
@@ -166,6 +176,10 @@ def target_grid(
     csx, csy = (float(cell_size), float(cell_size)) if np.isscalar(cell_size) else map(float, cell_size)
     if not (math.isfinite(csx) and math.isfinite(csy) and csx > 0 and csy > 0):
         raise LandcoverError(f"--cell-size {cell_size}: must be a number > 0, in the units of the raster's CRS")
+    own = min(abs(source.transform.a), abs(source.transform.e))
+    if max(own / csx, own / csy) > MAX_UPSAMPLING:
+        raise LandcoverError(f"--cell-size {cell_size}: {own / min(csx, csy):.0f} times finer than {name}'s cell size "
+                             f"{own:g}, which adds no detail; give a cell size of at least {own / MAX_UPSAMPLING:g}")
     width, height = max(1, round((right - left) / csx)), max(1, round((top - bottom) / csy))
     return Grid(source.crs, Affine(csx, 0, left, 0, -csy, top), width, height)
 

@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..arcgis_keywords import flag, grid_context, merge, read_context, whole
+from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, whole
 from ..errors import LandcoverError
 from ..raster import (
     GDAL_ENV,
@@ -89,6 +89,7 @@ def classify_pixels(
     output_name: str | os.PathLike | None = None,
     context: dict | None = None,
     gis: object = None,
+    **seed_options,
 ) -> Path:
     """Classify a raster of any size with a model package; returns the output path.
 
@@ -118,14 +119,17 @@ def classify_pixels(
     e.g. ``{"padding": "64", "batch_size": "4", "predict_background": "True", "test_time_augmentation": "False",
     "tile_size": "256"}``), ``output_name`` (``.tif`` added when it has no extension) and ``context={"cellSize":
     …, "extent": …, "processorType": "CPU" | "GPU"}`` with the extent as an Esri envelope (``{"xmin": …,
-    "spatialReference": {"wkid": 3857}}``). ``gis`` must be None: the classification runs here.
+    "spatialReference": {"wkid": 3857}}``); ``model`` may be arcgis's model JSON ``{"uri": path}``. ``gis`` must
+    be None: the classification runs here; ``process_all_raster_items``, ``future`` and ``tiles_only`` are
+    accepted at their defaults.
     """
     t_start = time.perf_counter()
     a = _arcgis_arguments(locals())
     output, padding, batch_size, predict_background, test_time_augmentation, tile_size = (
         a[k] for k in ("output", "padding", "batch_size", "predict_background", "test_time_augmentation",
                        "tile_size"))
-    extent, extent_crs, cell_size, backend = (a[k] for k in ("extent", "extent_crs", "cell_size", "backend"))
+    extent, extent_crs, cell_size, backend, model = (a[k] for k in ("extent", "extent_crs", "cell_size", "backend",
+                                                                    "model"))
     output = Path(output)
     prob_path = Path(probabilities) if probabilities is not None else None
     paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
@@ -157,8 +161,8 @@ def classify_pixels(
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
         if cell_size is None:
             _check_cell_size(grid, pkg, paths[0])
-        tile = int(pkg.tile_size if tile_size is None else tile_size)
-        pad = tile // 4 if padding is None else int(padding)
+        tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "--tile-size")
+        pad = tile // 4 if padding is None else whole(padding, "--padding")
         if tile < 16:
             raise LandcoverError(f"--tile-size {tile}: must be at least 16 pixels")
         if pad < 0 or 2 * pad >= tile:
@@ -226,13 +230,20 @@ def _arcgis_arguments(given: dict) -> dict:
     """classify_pixels' arguments from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
     if given["gis"] is not None:
         raise LandcoverError("gis: landcover classifies on this machine, not on an ArcGIS server; drop gis=")
+    check_seed_only(given["seed_options"], "classify_pixels", ("process_all_raster_items", "future", "tiles_only"))
     if isinstance(given["output"], dict):
         raise LandcoverError("output: got a dict; give arcgis.learn's model arguments by name, "
                              "classify_pixels(raster, model, output, model_arguments={...})")
     a = dict(given)
+    if isinstance(given["model"], dict):  # arcgis's Model JSON: {"uri": ...} or {"url": ...} of a local file
+        where = next((given["model"][k] for k in ("uri", "url", "path") if k in given["model"]), None)
+        if not isinstance(where, (str, os.PathLike)) or str(where).startswith(("http:", "https:")):
+            raise LandcoverError(f"model={given['model']!r}: give the path of a .emd, a .dlpk or a package folder "
+                                 "on this machine")
+        a["model"] = where
     name = given["output_name"]
-    if name is not None and not Path(name).suffix:
-        name = f"{name}.tif"
+    if name is not None and Path(name).suffix.lower() not in (".tif", ".tiff"):
+        name = f"{name}.tif"  # arcgis's output_name is a layer name: "kent.2019" is a name, not an extension
     a["output"] = merge("output", given["output"], None, name, "output_name")
     if a["output"] is None:
         raise LandcoverError("classify_pixels: give the output file (output='classified.tif')")
@@ -251,11 +262,15 @@ def _arcgis_arguments(given: dict) -> dict:
                                 "context['batch_size']")
     a.update(grid_context(ctx, given))
     if "processorType" in ctx:
-        kind = str(ctx["processorType"]).strip().upper()
+        kind, said = str(ctx["processorType"]).strip().upper(), f"context['processorType']={ctx['processorType']!r}"
         if kind not in ("CPU", "GPU"):
-            raise LandcoverError(f"context['processorType']={ctx['processorType']!r}: give 'CPU' or 'GPU'")
-        a["backend"] = merge("backend", given["backend"], "auto", "cuda" if kind == "GPU" else "cpu",
-                             "context['processorType']")
+            raise LandcoverError(f"{said}: give 'CPU' or 'GPU'")
+        if kind == "GPU" and not cuda_available():
+            raise LandcoverError(f"{said}: torch sees no CUDA GPU here; give 'CPU' (or install a CUDA build of "
+                                 "torch)")
+        if given["backend"] not in ("auto", "cuda" if kind == "GPU" else "cpu"):
+            raise LandcoverError(f"backend={given['backend']!r} and {said}: give one of them")
+        a["backend"] = "cuda" if kind == "GPU" else "cpu"
     return a
 
 

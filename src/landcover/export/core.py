@@ -26,7 +26,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ..arcgis_keywords import flag, grid_context, merge, read_context, square_size, whole
+from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, square_size, whole
 from ..classes import ClassInfo, generated_color, load_classes_json
 from ..errors import LandcoverError
 from ..raster import (
@@ -36,6 +36,7 @@ from ..raster import (
     check_writable_dir,
     iter_windows,
     open_imagery,
+    pixel_errors,
     require_crs,
     target_grid,
 )
@@ -114,6 +115,7 @@ def export_training_data(
     stride_size: int | dict | None = None,
     context: dict | None = None,
     gis: object = None,
+    **seed_options,
 ) -> ExportSummary:
     """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
 
@@ -146,7 +148,9 @@ def export_training_data(
     ``input_class_data``, ``output_location``, ``classvalue_field``, ``stride_size``, ``tile_size`` and
     ``stride_size`` as ``{"x": n, "y": n}`` (square), and ``context={"exportAllTiles": …, "startIndex": …,
     "cellSize": …, "extent": …}`` with the extent as an Esri envelope (``{"xmin": …, "spatialReference":
-    {"wkid": 3857}}``). ``gis`` must be None: the export runs here, not on an ArcGIS server.
+    {"wkid": 3857}}``). ``gis`` must be None: the export runs here, not on an ArcGIS server. arcgis.learn's
+    other keywords (``rotation_angle``, ``reference_system``, ``process_all_raster_items``, ``future``, ...)
+    are accepted at their defaults and refused in one line otherwise.
 
     Returns:
         an :class:`ExportSummary`. Raises :class:`~landcover.errors.LandcoverError` for bad input; nothing that
@@ -165,7 +169,10 @@ def export_training_data(
     tile, step = _check_tiling(tile_size, stride)
     if start_index is not None and int(start_index) < 0:
         raise LandcoverError(f"--start-index {start_index}: must be >= 0")
-    radius = float(buffer_radius or 0)
+    try:
+        radius = float(buffer_radius or 0)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"--buffer-radius {buffer_radius}: give a number >= 0") from None
     if not math.isfinite(radius) or radius < 0:
         raise LandcoverError(f"--buffer-radius {buffer_radius}: must be >= 0")
     try:
@@ -208,6 +215,12 @@ def _arcgis_arguments(given: dict) -> dict:
     """landcover's arguments of an export from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
     if given["gis"] is not None:
         raise LandcoverError("gis: landcover exports on this machine, not on an ArcGIS server; drop gis=")
+    check_seed_only(given["seed_options"], "export_training_data", EXPORT_SEED_KEYWORDS)
+    out = given["out"]
+    if (isinstance(out, str) and given["output_location"] is not None
+            and out.lower().lstrip(".") in (*FORMAT_ALIASES, "mrf")):
+        raise LandcoverError(f"out={out!r}: arcgis.learn's third positional argument is chip_format, landcover's "
+                             f"is the output folder; give chip_format={out!r} by name")
     a = dict(given)
     for ours, theirs in (("imagery", "input_raster"), ("labels", "input_class_data"), ("out", "output_location"),
                          ("class_field", "classvalue_field")):
@@ -230,6 +243,12 @@ def _arcgis_arguments(given: dict) -> dict:
     return a
 
 
+#: arcgis.learn keywords of export_training_data accepted at their defaults only.
+EXPORT_SEED_KEYWORDS = ("input_mask_polygons", "rotation_angle", "reference_system", "process_all_raster_items",
+                        "blacken_around_feature", "fix_chip_size", "additional_input_raster", "input_instance_data",
+                        "instance_class_value_field", "min_polygon_overlap_ratio", "future", "estimate")
+
+
 def check_metadata_format(metadata_format: str | None) -> None:
     """Refuse, in one line, a metadata format other than Classified_Tiles (None means Classified_Tiles)."""
     if metadata_format is None:
@@ -244,11 +263,8 @@ def check_metadata_format(metadata_format: str | None) -> None:
 
 
 def _check_tiling(tile_size, stride) -> tuple[int, int]:
-    try:
-        tile = int(tile_size) if tile_size is not None else 256
-        step = int(stride) if stride is not None else max(1, tile // 2)
-    except (TypeError, ValueError):
-        raise LandcoverError(f"--tile-size {tile_size} / --stride {stride}: must be whole numbers") from None
+    tile = whole(tile_size, "--tile-size") if tile_size is not None else 256
+    step = whole(stride, "--stride") if stride is not None else max(1, tile // 2)
     if tile <= 0:
         raise LandcoverError(f"--tile-size {tile_size}: must be > 0")
     if step < 0:
@@ -355,7 +371,8 @@ class _ImageryReader:
         if not self.use_mask and self.reader.covers(window):
             # All on the source: read straight into the result (GridReader pads and copies for the general case).
             dx, dy = self.reader.offset or (0, 0)
-            data = self.reader.source.read(self.reader.indexes, window=Window(c0 + dx, r0 + dy, w, h))
+            with pixel_errors(self.reader.ds.name):
+                data = self.reader.source.read(self.reader.indexes, window=Window(c0 + dx, r0 + dy, w, h))
             valid = None
         else:
             data, valid = self.reader.read(window, fill=self.fill, masked=self.use_mask)
