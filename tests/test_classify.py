@@ -552,6 +552,9 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
     dotted = classify_pixels(path, {"uri": str(model_dir)}, output_name=str(tmp_path / "kent.2019"), padding=8,
                              process_all_raster_items=False, progress=False)
     assert dotted == tmp_path / "kent.2019.tif" and dotted.exists()
+    named = classify_pixels(path, model_dir, tmp_path / "cpu.tif", padding=8, backend="fp32",
+                            context={"processorType": "CPU"}, progress=False)  # a CPU backend by name fits CPU
+    assert np.array_equal(read(named), read(dotted))
     plain = classify_pixels(path, model_dir, tmp_path / "plain.tif", padding=8, batch_size=4,
                             predict_background=False, test_time_augmentation=True, tile_size=64, cell_size=2,
                             extent=bounds, extent_crs="EPSG:3857", backend="cpu", progress=False)

@@ -38,6 +38,7 @@ from .blend import ClassDecoder
 from .blocks import Job, done_path, normalize_tile, run_block
 from .engine import (
     BACKENDS,
+    CPU_BACKENDS,
     cache_lock,
     cached_decision,
     choose_backend,
@@ -268,9 +269,11 @@ def _arcgis_arguments(given: dict) -> dict:
         if kind == "GPU" and not cuda_available():
             raise LandcoverError(f"{said}: torch sees no CUDA GPU here; give 'CPU' (or install a CUDA build of "
                                  "torch)")
-        if given["backend"] not in ("auto", "cuda" if kind == "GPU" else "cpu"):
+        fits = ("auto", "cuda") if kind == "GPU" else ("auto", "cpu", *CPU_BACKENDS)
+        if given["backend"] not in fits:
             raise LandcoverError(f"backend={given['backend']!r} and {said}: give one of them")
-        a["backend"] = "cuda" if kind == "GPU" else "cpu"
+        # A CPU backend given by name stays; auto becomes the device asked for.
+        a["backend"] = "cuda" if kind == "GPU" else ("cpu" if given["backend"] == "auto" else given["backend"])
     return a
 
 
