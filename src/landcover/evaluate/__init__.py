@@ -276,13 +276,13 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str, ignored: lis
         both = pvalid & rvalid
         unassessed += int(np.count_nonzero(pvalid & ~rvalid))
         unmapped += int(np.count_nonzero(rvalid & ~pvalid))
-        mapped, truth = as_class_values(data[both]), rvals[both]
+        whole = as_class_values(data[pvalid])  # the map's classes, once per strip
+        mapped, truth = whole[rvalid[pvalid]], rvals[both]
         counter.add(mapped, truth)
         if sampler is not None:
             sampler.offer(np.flatnonzero(both) + int(win.row_off) * grid.width, mapped, truth)
             # Strata are the map classes over the whole map, labelled by the reference or not (Olofsson et al.
             # weight each stratum by its mapped area).
-            whole = as_class_values(data[pvalid])
             for k, n in sum_by_value(whole).items():
                 strata["pixels"][k] = strata["pixels"].get(k, 0) + int(n)
             if areas is not None and areas.per_row:
