@@ -230,12 +230,6 @@ class GridReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def covers(self, window: Window) -> bool:
-        """Whether the source has every pixel of ``window`` (a window of the grid)."""
-        top, left, bottom, right = self._covered
-        r0, c0 = int(window.row_off), int(window.col_off)
-        return top <= r0 and left <= c0 and r0 + int(window.height) <= bottom and c0 + int(window.width) <= right
-
     def read(self, window: Window, fill: float = 0, masked: bool = True):
         """``(data, valid)`` for ``window`` on the grid: data (bands, h, w) and a boolean validity mask (h, w).
 

@@ -36,7 +36,6 @@ from ..raster import (
     check_writable_dir,
     iter_windows,
     open_imagery,
-    pixel_errors,
     require_crs,
     target_grid,
 )
@@ -367,15 +366,7 @@ class _ImageryReader:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """``(data, valid)`` for ``window``; ``valid`` is None when every pixel is valid."""
-        c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
-        if not self.use_mask and self.reader.covers(window):
-            # All on the source: read straight into the result (GridReader pads and copies for the general case).
-            dx, dy = self.reader.offset or (0, 0)
-            with pixel_errors(self.reader.ds.name):
-                data = self.reader.source.read(self.reader.indexes, window=Window(c0 + dx, r0 + dy, w, h))
-            valid = None
-        else:
-            data, valid = self.reader.read(window, fill=self.fill, masked=self.use_mask)
+        data, valid = self.reader.read(window, fill=self.fill, masked=self.use_mask)
         if self.nodata is not None:
             if isinstance(self.nodata, float) and math.isnan(self.nodata):
                 has_data = ~np.isnan(data).all(axis=0)
