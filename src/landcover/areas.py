@@ -129,9 +129,10 @@ class PixelAreas:
                                  "(gdal_edit.py -a_srs EPSG:...)")
         self.grid = grid
         self._cache: dict[int, float] = {}
-        self._geod = geod_for(crs)
-        self._to_lonlat = None if crs.is_geographic else _lonlat_transformer(crs)
-        self.per_row = bool(crs.is_geographic) or (self._to_lonlat is not False and _is_mercator(crs))
+        proj = _pyproj_crs(crs)  # parsed once for the ellipsoid, the projection method and the way to lon/lat
+        self._geod = geod_for(proj)
+        self._to_lonlat = None if crs.is_geographic else _lonlat_transformer(proj)
+        self.per_row = bool(crs.is_geographic) or (self._to_lonlat is not False and _is_mercator(proj))
         if self.per_row:
             if t.b != 0 or t.d != 0:
                 raise LandcoverError(f"{what}: rotated grids in a geographic or Mercator CRS are not supported; "
@@ -197,6 +198,31 @@ class PixelAreas:
                           AreaWarning, stacklevel=3)
 
 
+class ClassTally:
+    """Pixels and area of each class value, added strip by strip (row by row geodesic areas where the CRS needs
+    them, see :class:`PixelAreas`; pixels only when ``areas`` is None)."""
+
+    def __init__(self, areas: PixelAreas | None):
+        self.areas = areas
+        self.pixels: dict[int, int] = {}
+        self._area: dict[int, float] = {}
+
+    def add(self, win: Window, values: np.ndarray, valid: np.ndarray) -> None:
+        """Count ``values``, the class values of the ``valid`` pixels of strip ``win`` (in their order)."""
+        for k, n in sum_by_value(values).items():
+            self.pixels[k] = self.pixels.get(k, 0) + int(n)
+        if self.areas is not None and self.areas.per_row:
+            row_area = np.broadcast_to(self.areas.rows(int(win.row_off), int(win.height))[:, None], valid.shape)
+            for k, a in sum_by_value(values, row_area[valid]).items():
+                self._area[k] = self._area.get(k, 0.0) + a
+
+    def area(self) -> dict[int, float]:
+        """Area of each class, in ``areas.unit``."""
+        if self.areas.per_row:
+            return dict(self._area)
+        return {k: n * self.areas.constant for k, n in self.pixels.items()}
+
+
 class AreaWarning(UserWarning):
     """Planar areas in the raster's CRS are far from true areas (``landcover areas`` prints it in one line)."""
 
@@ -205,34 +231,36 @@ class AreaWarning(UserWarning):
 PLANAR_TOLERANCE = 0.02
 
 
-def _is_mercator(crs) -> bool:
-    """Normal-aspect Mercator (Web Mercator and variants A/B): area scale varies with latitude only."""
+def _pyproj_crs(crs):
+    """The pyproj CRS of a rasterio CRS (or a pyproj one, as it is)."""
     from pyproj import CRS as ProjCRS
 
-    op = ProjCRS.from_user_input(crs.to_wkt()).coordinate_operation
+    return crs if isinstance(crs, ProjCRS) else ProjCRS.from_user_input(crs.to_wkt())
+
+
+def _is_mercator(proj) -> bool:
+    """Normal-aspect Mercator (Web Mercator and variants A/B): area scale varies with latitude only."""
+    op = proj.coordinate_operation
     name = (op.method_name if op is not None else "").lower()
     return "mercator" in name and "transverse" not in name and "oblique" not in name
 
 
-def _lonlat_transformer(crs):
+def _lonlat_transformer(proj):
     """Projected coordinates → longitude, latitude on the CRS's own datum; False when PROJ has no way there
     (an engineering CRS)."""
-    from pyproj import CRS as ProjCRS
     from pyproj import Transformer
 
     try:
-        proj = ProjCRS.from_user_input(crs.to_wkt())
         return Transformer.from_crs(proj, proj.geodetic_crs, always_xy=True)
     except Exception:
         return False
 
 
 def geod_for(crs):
-    """A :class:`pyproj.Geod` on the CRS's ellipsoid (WGS84 when the CRS names none)."""
-    from pyproj import CRS as ProjCRS
+    """A :class:`pyproj.Geod` on the CRS's ellipsoid (WGS84 when the CRS names none); a rasterio or pyproj CRS."""
     from pyproj import Geod
 
-    ell = ProjCRS.from_user_input(crs.to_wkt()).ellipsoid
+    ell = _pyproj_crs(crs).ellipsoid
     if ell is None:
         return Geod(ellps="WGS84")
     return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
@@ -316,18 +344,10 @@ def class_areas(raster: str | os.PathLike, out: str | os.PathLike | None = None)
         check_classified(ds, path)
         grid = Grid.of(ds)
         areas = PixelAreas(grid, path)
-        pixels: dict[int, float] = {}
-        area: dict[int, float] = {}
+        tally = ClassTally(areas)
         for win, data, valid in class_strips(ds, path):
-            values = as_class_values(data[valid])
-            for k, n in sum_by_value(values).items():
-                pixels[k] = pixels.get(k, 0) + n
-            if areas.per_row:
-                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], data.shape)
-                for k, a in sum_by_value(values, row_area[valid]).items():
-                    area[k] = area.get(k, 0.0) + a
-    if not areas.per_row:
-        area = {k: n * areas.constant for k, n in pixels.items()}
+            tally.add(win, as_class_values(data[valid]), valid)
+    pixels, area = tally.pixels, tally.area()
     names = _names(path, pixels)
     total = sum(area.values())
     rows = [ClassArea(k, names[k], int(pixels[k]), float(area[k]), float(area[k] * areas.to_m2 / 1e4),

@@ -53,10 +53,11 @@ def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") ->
         raise LandcoverError(f"--min-area {min_area}: must be a number >= 0")
     if min_area is None or min_area == 0:
         return 1
-    pixel = PixelAreas(grid, what).mean()
+    areas = PixelAreas(grid, what)
+    pixel = areas.mean()
     pixels = max(1, math.ceil(min_area / pixel - 1e-9))
     if pixels >= grid.width * grid.height:  # GDAL's sieve needs patches smaller than the raster
-        unit = "m²" if PixelAreas(grid, what).unit == "m²" else "CRS units²"
+        unit = "m²" if areas.unit == "m²" else "CRS units²"
         raise LandcoverError(f"--min-area {min_area:g}: not smaller than the whole raster "
                              f"({grid.width * grid.height * pixel:g} {unit}); give a smaller minimum mapping unit")
     return pixels

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..areas import PixelAreas, as_class_values, check_classified, class_strips, sum_by_value
+from ..areas import ClassTally, PixelAreas, as_class_values, check_classified, class_strips
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError
 from ..raster import Grid, check_output, open_raster
@@ -267,7 +267,7 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str, ignored: lis
     counter = ConfusionCounter()
     sampler = BottomKSampler(int(sample), seed, by_stratum=strategy != "random") if sample is not None else None
     areas = PixelAreas(grid, ds.name) if sample is not None and grid.crs is not None else None
-    strata = {"pixels": {}, "m2": {}}
+    strata = ClassTally(areas)
     unassessed = unmapped = 0
     for win, data, pvalid in class_strips(ds, path):  # grid is the prediction's own
         rvals, rvalid = ref.read(win)
@@ -283,12 +283,7 @@ def _stream(ds, grid: Grid, ref, sample, strategy, seed, path: str, ignored: lis
             sampler.offer(np.flatnonzero(both) + int(win.row_off) * grid.width, mapped, truth)
             # Strata are the map classes over the whole map, labelled by the reference or not (Olofsson et al.
             # weight each stratum by its mapped area).
-            for k, n in sum_by_value(whole).items():
-                strata["pixels"][k] = strata["pixels"].get(k, 0) + int(n)
-            if areas is not None and areas.per_row:
-                row_area = np.broadcast_to(areas.rows(int(win.row_off), int(win.height))[:, None], pvalid.shape)
-                for k, a in sum_by_value(whole, row_area[pvalid]).items():
-                    strata["m2"][k] = strata["m2"].get(k, 0.0) + a
+            strata.add(win, whole, pvalid)
     return counter, sampler, strata, unassessed, unmapped, areas
 
 
@@ -313,11 +308,11 @@ def _thin_hint(strategy: str, strata: int, pixels: list[int]) -> str:
     return f"use a sample of at least {2 * strata} (2 units for each of the {strata} map classes)"
 
 
-def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata: dict,
+def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata: ClassTally,
                     areas: PixelAreas | None, grid: Grid, notes: list[str]) -> dict:
     # Units are drawn among the pixels the reference labels; the strata are the map classes over the whole map.
     labelled = {v: int(n) for v, n in zip(values, matrix.sum(axis=1), strict=True) if n > 0}
-    mapped = strata["pixels"]
+    mapped = strata.pixels
     allocation = allocate(strategy, size, labelled, {v: mapped.get(v, 0) for v in labelled})
     units = sampler.draw(allocation)
     index = {v: i for i, v in enumerate(values)}
@@ -329,10 +324,9 @@ def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, class
     pixels = np.array([mapped.get(v, 0) for v in values], dtype=float)
     if areas is None:
         sizes, unit = pixels, "pixels"
-    elif areas.per_row:
-        sizes, unit = np.array([strata["m2"].get(v, 0.0) / 1e4 for v in values]), "ha"
     else:
-        sizes, unit = pixels * (areas.constant * areas.to_m2 / 1e4), "ha"
+        area = strata.area()
+        sizes, unit = np.array([area.get(v, 0.0) * areas.to_m2 / 1e4 for v in values]), "ha"
     est = olofsson_estimates(counts, sizes)
     n_i = counts.sum(axis=1)
     thin = [v for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
