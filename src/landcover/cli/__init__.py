@@ -38,6 +38,12 @@ def refuse_existing(overwrite: bool, *paths) -> None:
             raise LandcoverError(f"{path}: exists; add --overwrite to replace it")
 
 
+def warning_line(command: str):
+    """A printer of a step's own warning as one ``landcover COMMAND: warning:`` line on stderr, at once (a long
+    run can still be stopped and rerun with what the warning suggests)."""
+    return lambda message: print(f"landcover {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def own_warnings(category: type[Warning], handle):
     """Inside the block, warnings of ``category`` (landcover's own, always shown) go to ``handle(message)``;

@@ -43,15 +43,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     from ..classify import CellSizeWarning, classify_pixels
-    from . import own_warnings
+    from . import own_warnings, warning_line
 
-    def say(message: str) -> None:  # at once: a long run can still be stopped and rerun with --cell-size
-        print(f"landcover classify: warning: {message}", file=sys.stderr, flush=True)
-
-    with own_warnings(CellSizeWarning, say):
+    with own_warnings(CellSizeWarning, warning_line("classify")):
         classify_pixels(
             args.imagery if len(args.imagery) > 1 else args.imagery[0], args.model, args.out,
             padding=args.padding, batch_size=args.batch_size, predict_background=not args.no_predict_background,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from . import own_warnings, refuse_existing
+from . import own_warnings, refuse_existing, warning_line
 
 
 def register(sub) -> None:
@@ -86,7 +84,7 @@ def _evaluate(args) -> int:
                           ignore_values=args.ignore_values)
     print(report.format_table())
     for message in ours:
-        print(f"landcover evaluate: warning: {message}", file=sys.stderr)
+        warning_line("evaluate")(message)
     if args.out:
         print(f"report: {args.out}")
     return 0
@@ -96,7 +94,7 @@ def _areas(args) -> int:
     from ..areas import AreaWarning, class_areas
 
     refuse_existing(args.overwrite, args.out)
-    with own_warnings(AreaWarning, _warn("areas")):
+    with own_warnings(AreaWarning, warning_line("areas")):
         table = class_areas(args.raster, out=args.out)
     print(table.format_table())
     if args.out:
@@ -120,13 +118,9 @@ def _vectorize(args) -> int:
     from ..vectorize import vectorize
 
     refuse_existing(args.overwrite, args.out)
-    with own_warnings(AreaWarning, _warn("vectorize")):
+    with own_warnings(AreaWarning, warning_line("vectorize")):
         result = vectorize(args.raster, args.out, min_area=args.min_area, connectivity=args.connectivity)
     print(f"polygons: {result['path']} ({result['features']:,} features, minimum {result['min_area_pixels']} "
           "pixel(s))")
     return 0
 
-
-def _warn(command: str):
-    """Print a step's own warning as one ``landcover COMMAND: warning:`` line."""
-    return lambda message: print(f"landcover {command}: warning: {message}", file=sys.stderr)
