@@ -168,6 +168,7 @@ SEED_ONLY_DEFAULTS = {
     "future": (False, "landcover runs here and returns when done"),
     "estimate": (False, "landcover runs here; there are no credits to estimate"),
     "tiles_only": (None, "the output is a file"),
+    "gis": (None, "it runs on this machine, not on an ArcGIS server; drop gis="),
 }
 
 

@@ -89,7 +89,6 @@ def classify_pixels(
     model_arguments: dict | None = None,
     output_name: str | os.PathLike | None = None,
     context: dict | None = None,
-    gis: object = None,
     **seed_options,
 ) -> Path:
     """Classify a raster of any size with a model package; returns the output path.
@@ -229,9 +228,8 @@ _DEFAULTS = {"padding": None, "batch_size": 8, "predict_background": True, "test
 
 def _arcgis_arguments(given: dict) -> dict:
     """classify_pixels' arguments from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
-    if given["gis"] is not None:
-        raise LandcoverError("gis: landcover classifies on this machine, not on an ArcGIS server; drop gis=")
-    check_seed_only(given["seed_options"], "classify_pixels", ("process_all_raster_items", "future", "tiles_only"))
+    check_seed_only(given["seed_options"], "classify_pixels",
+                    ("gis", "process_all_raster_items", "future", "tiles_only"))
     if isinstance(given["output"], dict):
         raise LandcoverError("output: got a dict; give arcgis.learn's model arguments by name, "
                              "classify_pixels(raster, model, output, model_arguments={...})")

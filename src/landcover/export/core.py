@@ -113,7 +113,6 @@ def export_training_data(
     classvalue_field: str | None = None,
     stride_size: int | dict | None = None,
     context: dict | None = None,
-    gis: object = None,
     **seed_options,
 ) -> ExportSummary:
     """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
@@ -212,8 +211,6 @@ def export_training_data(
 
 def _arcgis_arguments(given: dict) -> dict:
     """landcover's arguments of an export from ``given`` (the call's arguments), arcgis.learn's forms merged in."""
-    if given["gis"] is not None:
-        raise LandcoverError("gis: landcover exports on this machine, not on an ArcGIS server; drop gis=")
     check_seed_only(given["seed_options"], "export_training_data", EXPORT_SEED_KEYWORDS)
     out = given["out"]
     if (isinstance(out, str) and given["output_location"] is not None
@@ -243,7 +240,7 @@ def _arcgis_arguments(given: dict) -> dict:
 
 
 #: arcgis.learn keywords of export_training_data accepted at their defaults only.
-EXPORT_SEED_KEYWORDS = ("input_mask_polygons", "rotation_angle", "reference_system", "process_all_raster_items",
+EXPORT_SEED_KEYWORDS = ("gis", "input_mask_polygons", "rotation_angle", "reference_system", "process_all_raster_items",
                         "blacken_around_feature", "fix_chip_size", "additional_input_raster", "input_instance_data",
                         "instance_class_value_field", "min_polygon_overlap_ratio", "future", "estimate")
 
