@@ -115,6 +115,29 @@ def test_plan_covers_every_pixel_with_weight_and_no_rim():
     assert sum(plan.piece_rect(p)[2] * plan.piece_rect(p)[3] for p in pieces) == 300 * 230
 
 
+def test_a_window_is_tiled_as_the_whole_raster():
+    whole = TilePlan.build(300, 230, 64, 16, 100)
+    part = TilePlan.build(150, 90, 64, 16, 100, window=(37, 140, 300, 230))
+    for a, b, offset in ((whole.rows, part.rows, 37), (whole.cols, part.cols, 140)):
+        assert a.tile == b.tile
+        weights_a, weights_b = np.zeros((a.count, a.size)), np.zeros((a.count, a.size))
+        for k in range(a.count):
+            weights_a[k, a.starts[k]: a.starts[k] + a.tile] = a.window(k)
+        first = a.starts.index(b.starts[0] + offset)
+        for k in range(b.count):  # the window's tiles are the whole raster's, with the same weights
+            assert b.starts[k] + offset == a.starts[first + k]
+            weights_b[first + k, offset + b.starts[k]: offset + b.starts[k] + b.tile] = b.window(k)
+        inside = slice(offset, offset + b.size)
+        assert np.array_equal(weights_a[:, inside], weights_b[:, inside])  # no weight inside is missed
+        assert b.segments[0].start == 0 and b.segments[-1].stop == b.size
+        assert [(s.start + offset, s.stop + offset) for s in b.segments] == [
+            (max(s.start, offset), min(s.stop, offset + b.size)) for s in a.segments
+            if s.stop > offset and s.start < offset + b.size]
+    assert part.rows.starts[0] < 0  # the first tile reads context above the window
+    with pytest.raises(ValueError):
+        TilePlan.build(150, 90, 64, 16, 100, window=(200, 0, 300, 230))
+
+
 def test_decoder_excludes_background_and_ignored():
     logits = np.zeros((4, 1, 3), np.float32)
     logits[0] = 5  # background wins unless excluded
@@ -188,6 +211,26 @@ def test_block_cut_does_not_change_pixels(model_dir, raster, tmp_path):
     assert (top[valid] == classes[valid]).mean() > 0.99  # probabilities agree with the class map
     sums = pa.sum(axis=0, dtype=int)[valid]
     assert sums.min() >= 250 and sums.max() <= 260
+
+
+def test_an_extent_gives_the_whole_runs_pixels(model_dir, raster, tmp_path):
+    """An extent on the raster's pixels is tiled as the whole raster, reading context beyond its edges: its
+    map is the whole map's window, pixel for pixel, so maps of adjacent extents join without a seam."""
+    path, _ = raster
+    kw = dict(padding=8, progress=False, block_size=60)
+    whole = read(classify_pixels(path, model_dir, tmp_path / "whole.tif", probabilities=tmp_path / "wp.tif", **kw))
+    with rasterio.open(tmp_path / "wp.tif") as ds:
+        whole_p = ds.read()
+    x0, y0 = TRANSFORM.c, TRANSFORM.f
+    for name, (r0, r1, c0, c1) in {"inner": (50, 170, 70, 251), "edge": (0, 97, 183, 300),
+                                      "tiny": (101, 103, 55, 56)}.items():
+        out = classify_pixels(path, model_dir, tmp_path / f"{name}.tif", extent=(x0 + c0, y0 - r1, x0 + c1, y0 - r0),
+                              probabilities=tmp_path / f"{name}-p.tif", **kw)
+        with rasterio.open(out) as ds, rasterio.open(tmp_path / f"{name}-p.tif") as prob:
+            assert (ds.height, ds.width) == (r1 - r0, c1 - c0)
+            assert ds.transform == TRANSFORM * rasterio.Affine.translation(c0, r0)
+            assert np.array_equal(ds.read(1), whole[r0:r1, c0:c1]), name
+            assert np.array_equal(prob.read(), whole_p[:, r0:r1, c0:c1]), name
 
 
 def test_pieces_are_raw_only_when_the_disk_has_room(model_dir, raster, tmp_path, monkeypatch):

@@ -190,10 +190,12 @@ class GridReader:
     A grid on the source's pixels (the same CRS, cell size and pixel corners; it may reach past the source)
     reads the source directly (fast path); any other grid goes through a WarpedVRT. Windows may extend past the
     grid, and the grid past the source: the outside is filled and marked invalid, which is much faster than
-    GDAL's boundless reads.
+    GDAL's boundless reads. With ``past_grid``, a grid on the source's pixels reads the source's pixels beyond
+    its own edges too (context for tiles at the edges of an extent).
     """
 
-    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None):
+    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None,
+                 past_grid: bool = False):
         self.ds, self.grid = ds, grid
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
@@ -201,8 +203,10 @@ class GridReader:
         self._covered = (0, 0, grid.height, grid.width)
         if self.offset is not None:
             col, row = self.offset
-            self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
-                             min(grid.width, ds.width - col))
+            self._covered = (-row, -col, ds.height - row, ds.width - col)
+            if not past_grid:  # the source's pixels beyond the grid read as outside
+                self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
+                                 min(grid.width, ds.width - col))
         self._vrt = None
         if self.offset is None:
             kw = {}
@@ -299,6 +303,18 @@ def _nodata_mask(block: np.ndarray, nodata, band: int) -> np.ndarray:
     if band >= 0:
         return block[band] != nodata
     return (block != nodata).any(axis=0)
+
+
+def imagery_window(ds, grid: Grid) -> tuple[int, int, int, int] | None:
+    """``(row, col, height, width of ds)`` when ``grid`` is a window of ``ds``'s pixels (an extent without
+    resampling), else None."""
+    offset = _aligned_offset(Grid.of(ds), grid)
+    if offset is None:
+        return None
+    col, row = offset
+    if row < 0 or col < 0 or row + grid.height > ds.height or col + grid.width > ds.width:
+        return None
+    return row, col, ds.height, ds.width
 
 
 def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:

@@ -30,6 +30,7 @@ from ..raster import (
     GridReader,
     check_output,
     check_writable_dir,
+    imagery_window,
     open_imagery,
     require_crs,
     target_grid,
@@ -104,6 +105,9 @@ def classify_pixels(
     arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
     learns that class. ``extent`` (xmin, ymin, xmax, ymax in
     ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
+    An extent alone is snapped outward to the raster's pixels and tiled as the whole raster is, with context
+    read beyond its edges: its map is the whole raster's map there, pixel for pixel, so the maps of adjacent
+    extents join without a seam.
     Without ``cell_size``, imagery whose cell size is 1.5 times finer or coarser than the model's training cell
     size gets a :class:`CellSizeWarning` naming the cell size to give.
     ``probabilities`` writes a second COG with one uint8 band per class (p * 255).
@@ -169,7 +173,8 @@ def classify_pixels(
             raise LandcoverError(f"--padding {pad}: must be >= 0 and less than half the tile size ({tile})")
         if block_size is not None and block_size < 1:
             raise LandcoverError(f"--block-size {block_size}: must be at least 1")
-        plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK))
+        window = imagery_window(ds, grid)
+        plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK), window)
         model_hash = weights_hash(pkg)
         work = work_dir(output)
         previous = read_manifest(work) if resume else None
@@ -180,18 +185,18 @@ def classify_pixels(
     with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
         if block_size is None:
             block_size = (previous or {}).get("block_size") or _block_size_for(plan, client)
-            plan = TilePlan.build(grid.height, grid.width, tile, pad, block_size)
+            plan = plan.reblocked(block_size)
         manifest = {
-            "format": 1, "model_hash": model_hash, "imagery": [os.path.abspath(p) for p in paths],
+            "format": 2, "model_hash": model_hash, "imagery": [os.path.abspath(p) for p in paths],
             "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in paths],
             "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
                      "height": grid.height},
-            "tile": tile, "padding": pad, "block_size": int(block_size), "tta": bool(test_time_augmentation),
+            "window": list(window) if window else None, "tile": tile, "padding": pad, "block_size": int(block_size), "tta": bool(test_time_augmentation),
             "predict_background": bool(predict_background), "probabilities": prob_path is not None,
             "backend": choice["backend"], "engine": choice.get("engine"),
         }
         open_work(work, manifest, resume, overwrite)
-        job = _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size,
+        job = _start(choice, work, paths, grid, window, model, model_hash, tile, pad, block_size, batch_size,
                      test_time_augmentation, predict_background, prob_path, workers)
         t_blocks = time.perf_counter()
         try:
@@ -295,7 +300,7 @@ def _check_cell_size(grid: Grid, pkg, name: str) -> None:
                       CellSizeWarning, stacklevel=3)
 
 
-def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, batch_size, tta,
+def _start(choice, work, paths, grid, window, model, model_hash, tile, pad, block_size, batch_size, tta,
            predict_background, prob_path, workers) -> Job:
     """The run's job description, with the run's own copy of the exported model (if any)."""
     # The run keeps its own copy of an exported model, so a resumed run (or a remote worker) uses the same one.
@@ -311,7 +316,7 @@ def _start(choice, work, paths, grid, model, model_hash, tile, pad, block_size, 
         tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
         tta=bool(tta), predict_background=bool(predict_background),
         probabilities=prob_path is not None, work=str(work), threads=1 if workers else None,
-        raw_classes=has_room(work, 3 * grid.width * grid.height),
+        raw_classes=has_room(work, 3 * grid.width * grid.height), window=window,
     )
     return job
 
@@ -391,7 +396,7 @@ def _calibration(pkg, ds, grid, plan, target_px: float = 2.0e6):
     """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it)."""
     count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
     ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
-    reader = GridReader(ds, grid, indexes=[b + 1 for b in pkg.extract_bands])
+    reader = GridReader(ds, grid, indexes=[b + 1 for b in pkg.extract_bands], past_grid=True)
     tiles = []
     try:
         for tid in ids:
@@ -420,7 +425,7 @@ def _block_size_for(plan: TilePlan, client) -> int:
     stride = max(1, plan.rows.tile - 2 * plan.rows.padding)
     for tiles in range(max(1, -(-DEFAULT_BLOCK // stride)), 0, -1):
         size = tiles * stride
-        n = len(TilePlan.build(plan.rows.size, plan.cols.size, plan.rows.tile, plan.rows.padding, size).blocks)
+        n = len(plan.reblocked(size).blocks)
         if n >= 2 * slots and (n % slots == 0 or n >= 6 * slots):
             return size
     return stride

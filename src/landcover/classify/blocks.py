@@ -61,6 +61,9 @@ class Job:
     #: class pieces uncompressed (the disk has room): deflating and inflating them again costs ~0.5 s of CPU
     #: per 100 MP, which on a small machine is taken from the model
     raw_classes: bool = False
+    #: (row, col, height, width of the imagery) where the grid lies on the imagery's pixels, if it does: the run
+    #: is then tiled as the whole imagery is (its pixels are the whole run's) and reads context beyond the grid
+    window: tuple[int, int, int, int] | None = None
 
     @property
     def grid(self) -> Grid:
@@ -68,7 +71,7 @@ class Job:
 
     @cached_property
     def plan(self) -> TilePlan:
-        return TilePlan.build(self.height, self.width, self.tile, self.padding, self.block_size)
+        return TilePlan.build(self.height, self.width, self.tile, self.padding, self.block_size, self.window)
 
 
 @dataclass
@@ -116,7 +119,7 @@ def context(job: Job, pkg=None) -> Context:
             if job.tta:
                 engine = TTAEngine(engine)
             ds = open_imagery(list(job.imagery))
-            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands])
+            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], past_grid=True)
             ctx = Context(job, pkg, decoder, engine, reader)
             _CONTEXTS.clear()  # one job at a time per process: free the previous engine
             _CONTEXTS[job] = ctx

@@ -3,7 +3,9 @@
 Tiles sit on one grid for the whole raster: along each axis as few tiles as cover it with overlaps of at least
 ``2 * padding`` pixels, spread evenly from the first pixel to the last (no tile reads past the raster, so no
 made-up border pixels enter the model). Which tiles cover a pixel therefore depends on the raster size and the
-tiling only, never on how the raster is cut into blocks.
+tiling only, never on how the raster is cut into blocks. A run over a window of the raster (an extent on its
+pixels) lays the tiles of the whole raster and keeps those with weight in the window: its pixels are the whole
+run's, and its tiles at the window's edges read the raster beyond them as context.
 
 Blocks are groups of whole tiles (``block_tiles`` tile rows by ``block_tiles`` tile columns). The pixels where
 tiles of two blocks overlap are *seams*: each block writes its tiles' weighted logits there, and the assembly
@@ -16,6 +18,7 @@ partition the raster, and the final raster is assembled from one file per piece.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -56,75 +59,104 @@ def fit_tile(size: int, tile: int, padding: int) -> int:
 
 @dataclass(frozen=True)
 class AxisPlan:
-    """Tiles and blocks along one axis of the raster.
+    """Tiles and blocks along one axis of the raster, or of a window of it.
 
-    ``count`` tiles of ``tile`` pixels are spread evenly from the first pixel to the last, neighbours
+    ``count`` tiles of ``tile`` pixels are spread evenly from the raster's first pixel to its last, neighbours
     overlapping by at least ``2 * padding`` pixels; no tile reads past the raster. Across each overlap a
     raised-cosine ramp of ``ramp`` pixels (``padding`` for even paddings) hands over from one tile to the
     next; the two ramps add up to 1. The pixels of the overlap on the far side of the ramp get weight 0 (the
     predictions with the least context are not used), those on the near side weight 1. At the raster's own
     edges there is no ramp: the outermost pixels get full weight (no rim).
+
+    The axis is pixels ``[offset, offset + size)`` of a raster ``full`` pixels long (the whole raster unless
+    built with a window): its tiles are those of the whole raster with weight there, numbered from 0 in the
+    same order, and every position (``starts``, ``extent``, ``segments``) counts from ``offset``.
     """
 
     size: int
     tile: int
     padding: int
     block_tiles: int
+    offset: int = 0
+    full: int = 0
 
     @classmethod
-    def build(cls, size: int, tile: int, padding: int, block_tiles: int) -> AxisPlan:
-        return cls(size, min(tile, size), padding, max(1, block_tiles))
+    def build(cls, size: int, tile: int, padding: int, block_tiles: int, offset: int = 0,
+              full: int | None = None) -> AxisPlan:
+        full = size if full is None else full
+        if not (0 <= offset and offset + size <= full):
+            raise ValueError(f"pixels {offset}..{offset + size} are not within an axis of {full}")
+        return cls(size, min(tile, full), padding, max(1, block_tiles), offset, full)
 
     @property
     def ramp(self) -> int:
         return 2 * self.padding - 2 * (self.padding // 2)
 
     @cached_property
-    def starts(self) -> tuple[int, ...]:
-        if self.size <= self.tile:
+    def _raster_starts(self) -> tuple[int, ...]:
+        """Where the whole raster's tiles start."""
+        if self.full <= self.tile:
             return (0,)
-        count = math.ceil((self.size - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
+        count = math.ceil((self.full - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
         count = max(count, 2)
-        return tuple(round(k * (self.size - self.tile) / (count - 1)) for k in range(count))
+        return tuple(round(k * (self.full - self.tile) / (count - 1)) for k in range(count))
+
+    def _raster_edges(self, k: int) -> tuple[int, int]:
+        """The whole raster's tile ``k``: its dead pixels at its start and its end (0 at the raster's edges)."""
+        starts, head, tail = self._raster_starts, 0, 0
+        if k > 0:
+            overlap = starts[k - 1] + self.tile - starts[k]
+            head = (overlap - min(self.ramp, overlap)) // 2
+        if k < len(starts) - 1:
+            overlap = starts[k] + self.tile - starts[k + 1]
+            tail = overlap - (overlap - min(self.ramp, overlap)) // 2 - min(self.ramp, overlap)
+        return head, tail
+
+    @cached_property
+    def _first(self) -> int:
+        """The whole raster's index of this axis's tile 0: the first with weight at or past ``offset``."""
+        starts = self._raster_starts
+        return next(k for k in range(len(starts)) if starts[k] + self.tile - self._raster_edges(k)[1] > self.offset)
+
+    @cached_property
+    def starts(self) -> tuple[int, ...]:
+        stop = self.offset + self.size
+        kept = []
+        for k in range(self._first, len(self._raster_starts)):
+            if self._raster_starts[k] + self._raster_edges(k)[0] >= stop:
+                break
+            kept.append(self._raster_starts[k] - self.offset)
+        return tuple(kept)
 
     @property
     def count(self) -> int:
         return len(self.starts)
 
-    def _edges(self, k: int) -> tuple[int, int]:
-        """Tile ``k``'s dead pixels at its start and its end (0 at the raster's edges)."""
-        head = tail = 0
-        if k > 0:
-            overlap = self.starts[k - 1] + self.tile - self.starts[k]
-            head = (overlap - min(self.ramp, overlap)) // 2
-        if k < self.count - 1:
-            overlap = self.starts[k] + self.tile - self.starts[k + 1]
-            tail = overlap - (overlap - min(self.ramp, overlap)) // 2 - min(self.ramp, overlap)
-        return head, tail
-
     def extent(self, k: int) -> tuple[int, int]:
-        """Pixels ``[start, stop)`` where tile ``k`` has weight > 0."""
-        head, tail = self._edges(k)
+        """Pixels ``[start, stop)`` where tile ``k`` has weight > 0 (beyond the axis for a window's edge tiles)."""
+        head, tail = self._raster_edges(self._first + k)
         return self.starts[k] + head, self.starts[k] + self.tile - tail
 
     @lru_cache(maxsize=1024)  # noqa: B019 - plans are few and immutable
     def window(self, k: int) -> np.ndarray:
         """The 1-D blending weights of tile ``k`` over its full length (0 in the dead bands)."""
+        k += self._first
+        starts = self._raster_starts
         w = np.ones(self.tile, dtype=np.float64)
-        head, tail = self._edges(k)
+        head, tail = self._raster_edges(k)
         if k > 0:
-            r = min(self.ramp, self.starts[k - 1] + self.tile - self.starts[k])
+            r = min(self.ramp, starts[k - 1] + self.tile - starts[k])
             w[:head] = 0
             w[head: head + r] = _ramp(r)
-        if k < self.count - 1:
-            r = min(self.ramp, self.starts[k] + self.tile - self.starts[k + 1])
+        if k < len(starts) - 1:
+            r = min(self.ramp, starts[k] + self.tile - starts[k + 1])
             w[self.tile - tail:] = 0
             w[self.tile - tail - r: self.tile - tail] *= _ramp(r)[::-1]
         return w.astype(np.float32)
 
     @cached_property
     def segments(self) -> tuple[Segment, ...]:
-        extents = [self.extent(k) for k in range(self.count)]
+        extents = [tuple(min(max(e, 0), self.size) for e in self.extent(k)) for k in range(self.count)]
         edges = sorted({0, self.size, *(e for ext in extents for e in ext)})
         segs = []
         for a, b in zip(edges[:-1], edges[1:], strict=True):
@@ -168,6 +200,9 @@ class AxisPlan:
         """Pixels computed per output pixel along this axis."""
         return self.count * self.tile / self.size
 
+    def reblocked(self, block_tiles: int) -> AxisPlan:
+        return dataclasses.replace(self, block_tiles=max(1, block_tiles))
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -177,14 +212,23 @@ class TilePlan:
     cols: AxisPlan
 
     @classmethod
-    def build(cls, height: int, width: int, tile: int, padding: int, block_size: int) -> TilePlan:
+    def build(cls, height: int, width: int, tile: int, padding: int, block_size: int,
+              window: tuple[int, int, int, int] | None = None) -> TilePlan:
+        """The plan of a ``height`` x ``width`` raster, or with ``window`` (row, col, raster height, raster
+        width) of that window of a larger raster, tiled as the whole raster is."""
+        row, col, full_h, full_w = window or (0, 0, height, width)
         # One square tile size for both axes (shrunk to fit the larger need), so that test-time rotations
         # keep the tile shape.
-        larger = [fit_tile(n, tile, padding) for n in (height, width) if n > tile]
+        larger = [fit_tile(n, tile, padding) for n in (full_h, full_w) if n > tile]
         tile = max(larger) if larger else tile
-        block_tiles = max(1, math.ceil(block_size / max(1, tile - 2 * padding)))
-        return cls(AxisPlan.build(height, tile, padding, block_tiles),
-                   AxisPlan.build(width, tile, padding, block_tiles))
+        return cls(AxisPlan.build(height, tile, padding, 1, row, full_h),
+                   AxisPlan.build(width, tile, padding, 1, col, full_w)).reblocked(block_size)
+
+    def reblocked(self, block_size: int) -> TilePlan:
+        """The same tiles in blocks of about ``block_size`` pixels (whole tiles)."""
+        tile = max(self.rows.tile, self.cols.tile)
+        block_tiles = max(1, math.ceil(block_size / max(1, tile - 2 * self.rows.padding)))
+        return TilePlan(self.rows.reblocked(block_tiles), self.cols.reblocked(block_tiles))
 
     @property
     def blocks(self) -> list[tuple[int, int]]:
