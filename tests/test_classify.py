@@ -213,22 +213,27 @@ def test_block_cut_does_not_change_pixels(model_dir, raster, tmp_path):
     assert sums.min() >= 250 and sums.max() <= 260
 
 
-def test_an_extent_gives_the_whole_runs_pixels(model_dir, raster, tmp_path):
-    """An extent on the raster's pixels is tiled as the whole raster, reading context beyond its edges: its
-    map is the whole map's window, pixel for pixel, so maps of adjacent extents join without a seam."""
+@pytest.mark.parametrize("cell", [None, 1.5])
+def test_an_extent_gives_the_whole_runs_pixels(model_dir, raster, tmp_path, cell):
+    """An extent is snapped to the whole raster's cells (at the cell size asked for) and tiled as the whole
+    raster, reading context beyond its edges: its map is the whole map's window, pixel for pixel, so maps of
+    adjacent extents join without a seam."""
     path, _ = raster
-    kw = dict(padding=8, progress=False, block_size=60)
-    whole = read(classify_pixels(path, model_dir, tmp_path / "whole.tif", probabilities=tmp_path / "wp.tif", **kw))
-    with rasterio.open(tmp_path / "wp.tif") as ds:
-        whole_p = ds.read()
-    x0, y0 = TRANSFORM.c, TRANSFORM.f
-    for name, (r0, r1, c0, c1) in {"inner": (50, 170, 70, 251), "edge": (0, 97, 183, 300),
-                                      "tiny": (101, 103, 55, 56)}.items():
-        out = classify_pixels(path, model_dir, tmp_path / f"{name}.tif", extent=(x0 + c0, y0 - r1, x0 + c1, y0 - r0),
+    kw = dict(padding=8, progress=False, block_size=60, cell_size=cell)
+    whole_path = classify_pixels(path, model_dir, tmp_path / "whole.tif", probabilities=tmp_path / "wp.tif", **kw)
+    with rasterio.open(whole_path) as ds, rasterio.open(tmp_path / "wp.tif") as prob:
+        whole, whole_p, t = ds.read(1), prob.read(), ds.transform
+    assert whole.shape == ((230, 300) if cell is None else (153, 200))
+    for name, (r0, r1, c0, c1) in {"inner": (50, 120, 70, 151), "edge": (0, 97, 133, 200),
+                                   "tiny": (101, 103, 55, 56)}.items():
+        # an extent a little inside those cells: it is snapped outward to them
+        x_min, y_max = t * (c0 + 0.3, r0 + 0.2)
+        x_max, y_min = t * (c1 - 0.4, r1 - 0.1)
+        out = classify_pixels(path, model_dir, tmp_path / f"{name}.tif", extent=(x_min, y_min, x_max, y_max),
                               probabilities=tmp_path / f"{name}-p.tif", **kw)
         with rasterio.open(out) as ds, rasterio.open(tmp_path / f"{name}-p.tif") as prob:
             assert (ds.height, ds.width) == (r1 - r0, c1 - c0)
-            assert ds.transform == TRANSFORM * rasterio.Affine.translation(c0, r0)
+            assert ds.transform == t * rasterio.Affine.translation(c0, r0)
             assert np.array_equal(ds.read(1), whole[r0:r1, c0:c1]), name
             assert np.array_equal(prob.read(), whole_p[:, r0:r1, c0:c1]), name
 

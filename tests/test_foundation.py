@@ -63,6 +63,9 @@ def test_target_grid_extent_in_other_crs_and_cell_size():
     assert left <= 500200 + 1 and r >= 500400 - 1 and b <= 4299200 + 1 and t >= 4299400 - 1
     g2 = target_grid(src, cell_size=2)
     assert (g2.width, g2.height, g2.res) == (500, 500, (2.0, 2.0))
+    # with a cell size, an extent is snapped outward to the cells of the raster resampled from its corner
+    g3 = target_grid(src, extent=(500101.3, 4299000.5, 500300.2, 4299300.1), cell_size=2)
+    assert g3.bounds == (500100, 4299000, 500302, 4299302) and (g3.width, g3.height) == (101, 151)
     with pytest.raises(LandcoverError, match="xmin must be < xmax"):
         target_grid(src, extent=(5, 0, 1, 1))
     with pytest.raises(LandcoverError, match="does not overlap"):

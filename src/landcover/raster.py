@@ -138,41 +138,53 @@ def target_grid(
     cell_size: float | Sequence[float] | None = None,
     name: str = "imagery",
 ) -> Grid:
-    """The grid to work on: the source grid, limited to ``extent`` and resampled to ``cell_size``.
+    """The grid to work on: the source grid, resampled to ``cell_size`` and limited to ``extent``.
 
     ``extent`` is (xmin, ymin, xmax, ymax) in ``extent_crs`` (default: the source CRS); it is reprojected into the
-    source CRS and intersected with the source bounds. Without ``cell_size`` the result stays aligned to the source
-    pixels (a pure window); with it the grid starts at the extent's upper-left corner. The output CRS is always the
-    source CRS, as in ArcGIS where extent and cell size are environment settings of the input.
+    source CRS, intersected with the source bounds and snapped outward to whole cells of the source's grid, or,
+    with ``cell_size``, of the source resampled to that cell size from its upper-left corner. Either way the result
+    is a window of :func:`whole_grid` (what ArcGIS does with the input as snap raster), so grids of adjacent
+    extents line up. The output CRS is always the source CRS, as in ArcGIS where extent and cell size are
+    environment settings of the input.
     """
+    base = whole_grid(source, cell_size, name)
+    if extent is None:
+        return base
     left, bottom, right, top = source.bounds
-    if extent is not None:
-        xmin, ymin, xmax, ymax = (float(v) for v in extent)
-        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
-            raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: give four finite numbers")
+    xmin, ymin, xmax, ymax = (float(v) for v in extent)
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: give four finite numbers")
+    if xmin >= xmax or ymin >= ymax:
+        raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: xmin must be < xmax and ymin < ymax")
+    ecrs = parse_crs(extent_crs) or source.crs
+    if ecrs != source.crs:
+        # Clip the extent to the raster's footprint in the extent's CRS first: a large extent (the whole
+        # world in degrees) cannot be projected into a local CRS such as a UTM zone.
+        fxmin, fymin, fxmax, fymax = transform_bounds(source.crs, ecrs, *source.bounds, densify_pts=21)
+        xmin, ymin, xmax, ymax = max(xmin, fxmin), max(ymin, fymin), min(xmax, fxmax), min(ymax, fymax)
         if xmin >= xmax or ymin >= ymax:
-            raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: xmin must be < xmax and ymin < ymax")
-        ecrs = parse_crs(extent_crs) or source.crs
-        if ecrs != source.crs:
-            # Clip the extent to the raster's footprint in the extent's CRS first: a large extent (the whole
-            # world in degrees) cannot be projected into a local CRS such as a UTM zone.
-            fxmin, fymin, fxmax, fymax = transform_bounds(source.crs, ecrs, *source.bounds, densify_pts=21)
-            xmin, ymin, xmax, ymax = max(xmin, fxmin), max(ymin, fymin), min(xmax, fxmax), min(ymax, fymax)
-            if xmin >= xmax or ymin >= ymax:
-                raise LandcoverError(f"{name}: the extent {tuple(extent)} does not overlap the raster")
-            xmin, ymin, xmax, ymax = transform_bounds(ecrs, source.crs, xmin, ymin, xmax, ymax, densify_pts=21)
-        left, bottom, right, top = max(left, xmin), max(bottom, ymin), min(right, xmax), min(top, ymax)
-        if left >= right or bottom >= top:
             raise LandcoverError(f"{name}: the extent {tuple(extent)} does not overlap the raster")
+        xmin, ymin, xmax, ymax = transform_bounds(ecrs, source.crs, xmin, ymin, xmax, ymax, densify_pts=21)
+    left, bottom, right, top = max(left, xmin), max(bottom, ymin), min(right, xmax), min(top, ymax)
+    if left >= right or bottom >= top:
+        raise LandcoverError(f"{name}: the extent {tuple(extent)} does not overlap the raster")
+    # Snap outward to whole cells of the base grid.
+    inv = ~base.transform
+    cols, rows = zip(*(inv @ (x, y) for x, y in ((left, top), (right, bottom))), strict=True)
+    c0, c1 = math.floor(min(cols) + 1e-6), math.ceil(max(cols) - 1e-6)
+    r0, r1 = math.floor(min(rows) + 1e-6), math.ceil(max(rows) - 1e-6)
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, base.width), min(r1, base.height)
+    c0, r0 = min(c0, base.width - 1), min(r0, base.height - 1)
+    c1, r1 = max(c1, c0 + 1), max(r1, r0 + 1)
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    return Grid(source.crs, base.window_transform(win), int(win.width), int(win.height))
+
+
+def whole_grid(source: Grid, cell_size: float | Sequence[float] | None = None, name: str = "imagery") -> Grid:
+    """The source grid, or the source resampled to ``cell_size`` from its upper-left corner (the cells that
+    cover it, rounded to whole cells)."""
     if cell_size is None:
-        # Snap outward to whole source pixels so the grid is a window of the source grid.
-        inv = ~source.transform
-        cols, rows = zip(*(inv @ (x, y) for x, y in ((left, top), (right, bottom))), strict=True)
-        c0, c1 = math.floor(min(cols) + 1e-6), math.ceil(max(cols) - 1e-6)
-        r0, r1 = math.floor(min(rows) + 1e-6), math.ceil(max(rows) - 1e-6)
-        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, source.width), min(r1, source.height)
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        return Grid(source.crs, source.window_transform(win), int(win.width), int(win.height))
+        return source
     csx, csy = (float(cell_size), float(cell_size)) if np.isscalar(cell_size) else map(float, cell_size)
     if not (math.isfinite(csx) and math.isfinite(csy) and csx > 0 and csy > 0):
         raise LandcoverError(f"--cell-size {cell_size}: must be a number > 0, in the units of the raster's CRS")
@@ -180,8 +192,20 @@ def target_grid(
     if max(own / csx, own / csy) > MAX_UPSAMPLING:
         raise LandcoverError(f"--cell-size {cell_size}: {own / min(csx, csy):.0f} times finer than {name}'s cell size "
                              f"{own:g}, which adds no detail; give a cell size of at least {own / MAX_UPSAMPLING:g}")
+    left, bottom, right, top = source.bounds
     width, height = max(1, round((right - left) / csx)), max(1, round((top - bottom) / csy))
     return Grid(source.crs, Affine(csx, 0, left, 0, -csy, top), width, height)
+
+
+def grid_window(base: Grid, grid: Grid) -> tuple[int, int, int, int] | None:
+    """``(row, col, base height, base width)`` when ``grid`` is a window of ``base``'s cells, else None."""
+    offset = _aligned_offset(base, grid)
+    if offset is None:
+        return None
+    col, row = offset
+    if row < 0 or col < 0 or row + grid.height > base.height or col + grid.width > base.width:
+        return None
+    return row, col, base.height, base.width
 
 
 class GridReader:
@@ -190,12 +214,10 @@ class GridReader:
     A grid on the source's pixels (the same CRS, cell size and pixel corners; it may reach past the source)
     reads the source directly (fast path); any other grid goes through a WarpedVRT. Windows may extend past the
     grid, and the grid past the source: the outside is filled and marked invalid, which is much faster than
-    GDAL's boundless reads. With ``past_grid``, a grid on the source's pixels reads the source's pixels beyond
-    its own edges too (context for tiles at the edges of an extent).
+    GDAL's boundless reads.
     """
 
-    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None,
-                 past_grid: bool = False):
+    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None):
         self.ds, self.grid = ds, grid
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
@@ -203,10 +225,8 @@ class GridReader:
         self._covered = (0, 0, grid.height, grid.width)
         if self.offset is not None:
             col, row = self.offset
-            self._covered = (-row, -col, ds.height - row, ds.width - col)
-            if not past_grid:  # the source's pixels beyond the grid read as outside
-                self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
-                                 min(grid.width, ds.width - col))
+            self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
+                             min(grid.width, ds.width - col))
         self._vrt = None
         if self.offset is None:
             kw = {}
@@ -303,18 +323,6 @@ def _nodata_mask(block: np.ndarray, nodata, band: int) -> np.ndarray:
     if band >= 0:
         return block[band] != nodata
     return (block != nodata).any(axis=0)
-
-
-def imagery_window(ds, grid: Grid) -> tuple[int, int, int, int] | None:
-    """``(row, col, height, width of ds)`` when ``grid`` is a window of ``ds``'s pixels (an extent without
-    resampling), else None."""
-    offset = _aligned_offset(Grid.of(ds), grid)
-    if offset is None:
-        return None
-    col, row = offset
-    if row < 0 or col < 0 or row + grid.height > ds.height or col + grid.width > ds.width:
-        return None
-    return row, col, ds.height, ds.width
 
 
 def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:

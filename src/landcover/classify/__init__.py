@@ -27,16 +27,16 @@ from ..errors import LandcoverError
 from ..raster import (
     GDAL_ENV,
     Grid,
-    GridReader,
     check_output,
     check_writable_dir,
-    imagery_window,
+    grid_window,
     open_imagery,
     require_crs,
     target_grid,
+    whole_grid,
 )
 from .blend import ClassDecoder
-from .blocks import Job, done_path, normalize_tile, run_block
+from .blocks import Job, ShiftedReader, done_path, normalize_tile, reading_grid, run_block
 from .engine import (
     BACKENDS,
     CPU_BACKENDS,
@@ -105,9 +105,9 @@ def classify_pixels(
     arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
     learns that class. ``extent`` (xmin, ymin, xmax, ymax in
     ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
-    An extent alone is snapped outward to the raster's pixels and tiled as the whole raster is, with context
-    read beyond its edges: its map is the whole raster's map there, pixel for pixel, so the maps of adjacent
-    extents join without a seam.
+    An extent is snapped outward to whole cells of the raster (resampled to ``cell_size`` from its upper-left
+    corner) and tiled as the whole raster is, with context read beyond its edges: its map is the whole raster's
+    map there, pixel for pixel, so the maps of adjacent extents join without a seam.
     Without ``cell_size``, imagery whose cell size is 1.5 times finer or coarser than the model's training cell
     size gets a :class:`CellSizeWarning` naming the cell size to give.
     ``probabilities`` writes a second COG with one uint8 band per class (p * 255).
@@ -173,14 +173,14 @@ def classify_pixels(
             raise LandcoverError(f"--padding {pad}: must be >= 0 and less than half the tile size ({tile})")
         if block_size is not None and block_size < 1:
             raise LandcoverError(f"--block-size {block_size}: must be at least 1")
-        window = imagery_window(ds, grid)
+        window = grid_window(whole_grid(Grid.of(ds), cell_size), grid)
         plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK), window)
         model_hash = weights_hash(pkg)
         work = work_dir(output)
         previous = read_manifest(work) if resume else None
         say = _say if progress else (lambda _m: None)
-        choice = _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, model_hash,
-                                  test_time_augmentation, say)
+        choice = _resolve_backend(backend, previous, pkg, decoder, ds, reading_grid(grid, window), plan, tile,
+                                  model_hash, test_time_augmentation, say)
 
     with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
         if block_size is None:
@@ -350,7 +350,7 @@ def _check_imagery(ds, pkg, name: str) -> None:
             "the same type (e.g. the same product and processing level)")
 
 
-def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, model_hash, tta, say) -> dict:
+def _resolve_backend(backend, previous, pkg, decoder, ds, job_grid, plan, tile, model_hash, tta, say) -> dict:
     """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
     if previous is not None and backend in ("auto", "cpu", previous.get("backend")):
         # Resuming: the run's own backend (and its copy of the exported model in the work folder).
@@ -374,7 +374,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         # A decision measured before for this model, tile size and machine needs no calibration tiles.
         decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile)
         if decision is None:
-            calib, valid = _calibration(pkg, ds, grid, plan)
+            calib, valid = _calibration(pkg, ds, job_grid, plan)
             if calib is None:
                 return {"backend": "fp32"}
             say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
@@ -383,7 +383,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
         say(f"backend: {decision['backend']}")
         choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
     else:
-        calib = _calibration(pkg, ds, grid, plan)[0] if backend == "int8" else None
+        calib = _calibration(pkg, ds, job_grid, plan)[0] if backend == "int8" else None
         with cache_lock(model_hash):
             artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
         choice = {"backend": backend, "artifact": artifact}
@@ -392,11 +392,12 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grid, plan, tile, mode
     return choice
 
 
-def _calibration(pkg, ds, grid, plan, target_px: float = 2.0e6):
-    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it)."""
+def _calibration(pkg, ds, job_grid, plan, target_px: float = 2.0e6):
+    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it); ``job_grid``
+    is the run's (grid, row, col) to read on (:attr:`Job.read_grid`)."""
     count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
     ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
-    reader = GridReader(ds, grid, indexes=[b + 1 for b in pkg.extract_bands], past_grid=True)
+    reader = ShiftedReader(ds, *job_grid, indexes=[b + 1 for b in pkg.extract_bands])
     tiles = []
     try:
         for tid in ids:

@@ -61,17 +61,31 @@ class Job:
     #: class pieces uncompressed (the disk has room): deflating and inflating them again costs ~0.5 s of CPU
     #: per 100 MP, which on a small machine is taken from the model
     raw_classes: bool = False
-    #: (row, col, height, width of the imagery) where the grid lies on the imagery's pixels, if it does: the run
-    #: is then tiled as the whole imagery is (its pixels are the whole run's) and reads context beyond the grid
+    #: (row, col, height, width of the whole grid) where the grid lies in the whole imagery's grid at the run's
+    #: cell size, for a run over an extent: the run is tiled as the whole grid is (its pixels are the whole
+    #: run's), and its tiles read the imagery beyond the extent as context
     window: tuple[int, int, int, int] | None = None
 
     @property
     def grid(self) -> Grid:
         return Grid(CRS.from_wkt(self.crs_wkt), Affine(*self.transform[:6]), self.width, self.height)
 
+    @property
+    def read_grid(self) -> tuple[Grid, int, int]:
+        return reading_grid(self.grid, self.window)
+
     @cached_property
     def plan(self) -> TilePlan:
         return TilePlan.build(self.height, self.width, self.tile, self.padding, self.block_size, self.window)
+
+
+def reading_grid(grid: Grid, window: tuple[int, int, int, int] | None) -> tuple[Grid, int, int]:
+    """The grid a run's tiles are read on (the whole grid its ``window`` lies in), and the (row, col) of the
+    run's grid in it."""
+    if window is None:
+        return grid, 0, 0
+    row, col, height, width = window
+    return Grid(grid.crs, grid.transform * Affine.translation(-col, -row), width, height), row, col
 
 
 @dataclass
@@ -119,11 +133,25 @@ def context(job: Job, pkg=None) -> Context:
             if job.tta:
                 engine = TTAEngine(engine)
             ds = open_imagery(list(job.imagery))
-            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], past_grid=True)
+            reader = ShiftedReader(ds, *job.read_grid, indexes=[b + 1 for b in pkg.extract_bands])
             ctx = Context(job, pkg, decoder, engine, reader)
             _CONTEXTS.clear()  # one job at a time per process: free the previous engine
             _CONTEXTS[job] = ctx
         return ctx
+
+
+class ShiftedReader(GridReader):
+    """A :class:`GridReader` on a larger grid that reads windows given on a window of it (at ``row``, ``col``):
+    windows past that window's edges read the larger grid there."""
+
+    def __init__(self, ds, grid: Grid, row: int, col: int, indexes=None):
+        super().__init__(ds, grid, indexes=indexes)
+        self.shift = (row, col)
+
+    def read(self, window: Window, fill: float = 0, masked: bool = True):
+        row, col = self.shift
+        return super().read(Window(window.col_off + col, window.row_off + row, window.width, window.height),
+                            fill, masked)
 
 
 def _keep_large_allocations() -> None:

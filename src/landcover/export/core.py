@@ -133,8 +133,9 @@ def export_training_data(
             half the tile size (ArcGIS's 256/128).
         chip_format: ``tif``, ``png`` or ``jpg`` (PNG/JPEG: 8-bit imagery with 1 or 3 bands; JPEG exports write
             their label chips as PNG, which is lossless).
-        cell_size: resample the imagery to this cell size (imagery CRS units); extent: (xmin, ymin, xmax, ymax)
-            in ``extent_crs`` (default the imagery CRS) limits the area.
+        cell_size: resample the imagery to this cell size (imagery CRS units), from its upper-left corner;
+            extent: (xmin, ymin, xmax, ymax) in ``extent_crs`` (default the imagery CRS) limits the area, snapped
+            outward to whole cells (so exports of adjacent extents share one grid).
         all_tiles: also write chips without labelled pixels (chips that are all imagery nodata never are).
         start_index: index of the first chip; appends to an export already in ``out`` (statistics merged).
         resampling: imagery resampling when ``cell_size``/``extent`` move off the imagery grid.
