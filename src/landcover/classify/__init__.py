@@ -191,7 +191,8 @@ def classify_pixels(
             "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in paths],
             "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
                      "height": grid.height},
-            "window": list(window) if window else None, "tile": tile, "padding": pad, "block_size": int(block_size), "tta": bool(test_time_augmentation),
+            "window": list(window) if window else None, "tile": tile, "padding": pad, "block_size": int(block_size),
+            "tta": bool(test_time_augmentation),
             "predict_background": bool(predict_background), "probabilities": prob_path is not None,
             "backend": choice["backend"], "engine": choice.get("engine"),
         }

@@ -95,11 +95,12 @@ class AxisPlan:
     @cached_property
     def _raster_starts(self) -> tuple[int, ...]:
         """Where the whole raster's tiles start."""
-        if self.full <= self.tile:
+        full = self.full or self.size  # 0: the axis is the whole raster
+        if full <= self.tile:
             return (0,)
-        count = math.ceil((self.full - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
+        count = math.ceil((full - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
         count = max(count, 2)
-        return tuple(round(k * (self.full - self.tile) / (count - 1)) for k in range(count))
+        return tuple(round(k * (full - self.tile) / (count - 1)) for k in range(count))
 
     def _raster_edges(self, k: int) -> tuple[int, int]:
         """The whole raster's tile ``k``: its dead pixels at its start and its end (0 at the raster's edges)."""
