@@ -29,7 +29,7 @@ from conftest import write_raster
 from landcover.cli import main
 from landcover.errors import LandcoverError
 from landcover.export import export_training_data
-from landcover.raster import Grid, iter_windows, target_grid
+from landcover.raster import Grid, grid_window, iter_windows, target_grid, whole_grid
 
 UTM, WM = "EPSG:32618", "EPSG:3857"
 ORIGIN = (580000.0, 4510000.0)
@@ -308,33 +308,37 @@ def test_start_index_appends_and_merges_statistics(scene, tmp_path):
         assert state["Min"] == v.min() and state["Max"] == v.max()
 
 
-def test_web_mercator_extent_and_cell_size_on_utm_imagery(scene, tmp_path):
-    """The seed's case: --extent in EPSG:3857, --cell-size 2, imagery in another CRS."""
+@pytest.mark.parametrize("cell", [2, 1.5])
+def test_web_mercator_extent_and_cell_size_on_utm_imagery(scene, tmp_path, cell):
+    """The seed's case: --extent in EPSG:3857, --cell-size 2, imagery in another CRS. The chips hold the pixels
+    of the whole imagery resampled to the cell size (so adjacent extents export the same pixels)."""
     out = tmp_path / "seed"
     ext = transform_bounds(UTM, WM, ORIGIN[0] + 40, ORIGIN[1] - 220, ORIGIN[0] + 240, ORIGIN[1] - 30)
     assert cli("--imagery", scene["imagery"], "--labels", scene["labels"], "--out", out, "--tile-size", 32,
-               "--stride", 0, "--cell-size", 2, "--extent", *ext, "--extent-crs", WM) == 0
+               "--stride", 0, "--cell-size", cell, "--extent", *ext, "--extent-crs", WM) == 0
     with rasterio.open(scene["imagery"]) as ds:
-        grid = target_grid(Grid.of(ds), ext, WM, 2)
-        with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+        grid = target_grid(Grid.of(ds), ext, WM, cell)
+        whole = whole_grid(Grid.of(ds), cell)
+        row, col = grid_window(whole, grid)[:2]
+        with WarpedVRT(ds, crs=whole.crs, transform=whole.transform, width=whole.width, height=whole.height,
                        resampling=Resampling.bilinear, src_nodata=0, nodata=0) as vrt:
-            resampled = vrt.read()
-    assert grid.res == (2.0, 2.0) and grid.crs.to_epsg() == 32618
+            resampled = vrt.read(window=Window(col, row, grid.width, grid.height))
+    assert grid.res == (cell, cell) and grid.crs.to_epsg() == 32618
     want_labels = labels_on_grid(scene["labels"], grid)
     el, eb, er, et = transform_bounds(WM, UTM, *ext)
     assert chips_of(out)
     for ip, lp in zip(chips_of(out), chips_of(out, "labels"), strict=True):
         with rasterio.open(ip) as di, rasterio.open(lp) as dl:
-            assert di.res == (2.0, 2.0) and di.crs == grid.crs
+            assert di.res == (cell, cell) and di.crs == grid.crs
             win = window_of(grid, di.transform, 32)
             cl, cb, cr, ct = di.bounds
-            assert cl >= el - 2 and cr <= er + 2 and cb >= eb - 2 and ct <= et + 2
+            assert cl >= el - cell and cr <= er + cell and cb >= eb - cell and ct <= et + cell
             chip = di.read()
             assert np.array_equal(chip, padded(resampled, win))
             valid = (chip != 0).any(axis=0)
             assert np.array_equal(dl.read(1), np.where(valid, padded(want_labels, win), 0))
     emd = read_json(out / "esri_model_definition.emd")
-    assert emd["MinCellSize"]["x"] == 2.0 and emd["MinCellSize"]["spatialReference"]["wkid"] == 32618
+    assert emd["MinCellSize"]["x"] == cell and emd["MinCellSize"]["spatialReference"]["wkid"] == 32618
 
 
 @pytest.fixture(scope="module")

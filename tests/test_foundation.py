@@ -66,6 +66,10 @@ def test_target_grid_extent_in_other_crs_and_cell_size():
     # with a cell size, an extent is snapped outward to the cells of the raster resampled from its corner
     g3 = target_grid(src, extent=(500101.3, 4299000.5, 500300.2, 4299300.1), cell_size=2)
     assert g3.bounds == (500100, 4299000, 500302, 4299302) and (g3.width, g3.height) == (101, 151)
+    # cells that do not divide the raster: as many as cover it, so an extent in its last metre has its cell
+    assert (target_grid(src, cell_size=3).width, target_grid(src, cell_size=3).height) == (334, 334)
+    g4 = target_grid(src, extent=(500999.2, 4299500, 500999.8, 4299600), cell_size=3)
+    assert g4.width == 1 and g4.bounds[0] == 500999 and g4.bounds[2] == 501002
     with pytest.raises(LandcoverError, match="xmin must be < xmax"):
         target_grid(src, extent=(5, 0, 1, 1))
     with pytest.raises(LandcoverError, match="does not overlap"):

@@ -181,8 +181,8 @@ def target_grid(
 
 
 def whole_grid(source: Grid, cell_size: float | Sequence[float] | None = None, name: str = "imagery") -> Grid:
-    """The source grid, or the source resampled to ``cell_size`` from its upper-left corner (the cells that
-    cover it, rounded to whole cells)."""
+    """The source grid, or the source resampled to ``cell_size`` from its upper-left corner (as many cells as
+    cover it)."""
     if cell_size is None:
         return source
     csx, csy = (float(cell_size), float(cell_size)) if np.isscalar(cell_size) else map(float, cell_size)
@@ -193,7 +193,9 @@ def whole_grid(source: Grid, cell_size: float | Sequence[float] | None = None, n
         raise LandcoverError(f"--cell-size {cell_size}: {own / min(csx, csy):.0f} times finer than {name}'s cell size "
                              f"{own:g}, which adds no detail; give a cell size of at least {own / MAX_UPSAMPLING:g}")
     left, bottom, right, top = source.bounds
-    width, height = max(1, round((right - left) / csx)), max(1, round((top - bottom) / csy))
+    # Enough cells to cover the raster (the last may reach past it): none of it is dropped.
+    width = max(1, math.ceil((right - left) / csx - 1e-6))
+    height = max(1, math.ceil((top - bottom) / csy - 1e-6))
     return Grid(source.crs, Affine(csx, 0, left, 0, -csy, top), width, height)
 
 
@@ -215,9 +217,22 @@ class GridReader:
     reads the source directly (fast path); any other grid goes through a WarpedVRT. Windows may extend past the
     grid, and the grid past the source: the outside is filled and marked invalid, which is much faster than
     GDAL's boundless reads.
+
+    With ``within`` (a larger grid of which ``grid`` is a window, e.g. :func:`whole_grid`), the pixels are
+    those of ``within`` (resampled on it), and windows past ``grid``'s edges read ``within`` there: the
+    context beyond an extent.
     """
 
-    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None):
+    def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None,
+                 within: Grid | None = None):
+        # Windows on a window of a larger grid are read on that grid (a shift), so every window of it reads the
+        # same pixels whichever window of it a run covers (GDAL's warp of a window depends on the window).
+        self.shift = (0, 0)
+        if within is not None and within != grid:
+            place = grid_window(within, grid)
+            if place is None:
+                raise ValueError("the grid is not a window of the grid it is read within")
+            self.shift, grid = place[:2], within
         self.ds, self.grid = ds, grid
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
@@ -259,6 +274,9 @@ class GridReader:
 
         Pixels outside the grid, or nodata in every band (GDAL's dataset mask), are invalid and set to ``fill``.
         """
+        if self.shift != (0, 0):
+            row, col = self.shift
+            window = Window(window.col_off + col, window.row_off + row, window.width, window.height)
         with pixel_errors(self.ds.name if not self.ds.name.lstrip().startswith("<") else "imagery"):
             return self._read(window, fill, masked)
 

@@ -27,6 +27,7 @@ from ..errors import LandcoverError
 from ..raster import (
     GDAL_ENV,
     Grid,
+    GridReader,
     check_output,
     check_writable_dir,
     grid_window,
@@ -36,7 +37,7 @@ from ..raster import (
     whole_grid,
 )
 from .blend import ClassDecoder
-from .blocks import Job, ShiftedReader, done_path, normalize_tile, reading_grid, run_block
+from .blocks import Job, done_path, normalize_tile, run_block
 from .engine import (
     BACKENDS,
     CPU_BACKENDS,
@@ -173,13 +174,14 @@ def classify_pixels(
             raise LandcoverError(f"--padding {pad}: must be >= 0 and less than half the tile size ({tile})")
         if block_size is not None and block_size < 1:
             raise LandcoverError(f"--block-size {block_size}: must be at least 1")
-        window = grid_window(whole_grid(Grid.of(ds), cell_size), grid)
+        whole_raster = whole_grid(Grid.of(ds), cell_size)
+        window = grid_window(whole_raster, grid)
         plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK), window)
         model_hash = weights_hash(pkg)
         work = work_dir(output)
         previous = read_manifest(work) if resume else None
         say = _say if progress else (lambda _m: None)
-        choice = _resolve_backend(backend, previous, pkg, decoder, ds, reading_grid(grid, window), plan, tile,
+        choice = _resolve_backend(backend, previous, pkg, decoder, ds, (grid, whole_raster), plan, tile,
                                   model_hash, test_time_augmentation, say)
 
     with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
@@ -351,7 +353,7 @@ def _check_imagery(ds, pkg, name: str) -> None:
             "the same type (e.g. the same product and processing level)")
 
 
-def _resolve_backend(backend, previous, pkg, decoder, ds, job_grid, plan, tile, model_hash, tta, say) -> dict:
+def _resolve_backend(backend, previous, pkg, decoder, ds, grids, plan, tile, model_hash, tta, say) -> dict:
     """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
     if previous is not None and backend in ("auto", "cpu", previous.get("backend")):
         # Resuming: the run's own backend (and its copy of the exported model in the work folder).
@@ -375,7 +377,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, job_grid, plan, tile, 
         # A decision measured before for this model, tile size and machine needs no calibration tiles.
         decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile)
         if decision is None:
-            calib, valid = _calibration(pkg, ds, job_grid, plan)
+            calib, valid = _calibration(pkg, ds, grids, plan)
             if calib is None:
                 return {"backend": "fp32"}
             say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
@@ -384,7 +386,7 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, job_grid, plan, tile, 
         say(f"backend: {decision['backend']}")
         choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
     else:
-        calib = _calibration(pkg, ds, job_grid, plan)[0] if backend == "int8" else None
+        calib = _calibration(pkg, ds, grids, plan)[0] if backend == "int8" else None
         with cache_lock(model_hash):
             artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
         choice = {"backend": backend, "artifact": artifact}
@@ -393,12 +395,12 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, job_grid, plan, tile, 
     return choice
 
 
-def _calibration(pkg, ds, job_grid, plan, target_px: float = 2.0e6):
-    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it); ``job_grid``
-    is the run's (grid, row, col) to read on (:attr:`Job.read_grid`)."""
+def _calibration(pkg, ds, grids, plan, target_px: float = 2.0e6):
+    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it); ``grids``:
+    the run's grid and the whole grid it is read within."""
     count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
     ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
-    reader = ShiftedReader(ds, *job_grid, indexes=[b + 1 for b in pkg.extract_bands])
+    reader = GridReader(ds, grids[0], indexes=[b + 1 for b in pkg.extract_bands], within=grids[1])
     tiles = []
     try:
         for tid in ids:

@@ -71,21 +71,17 @@ class Job:
         return Grid(CRS.from_wkt(self.crs_wkt), Affine(*self.transform[:6]), self.width, self.height)
 
     @property
-    def read_grid(self) -> tuple[Grid, int, int]:
-        return reading_grid(self.grid, self.window)
+    def whole_grid(self) -> Grid:
+        """The grid this run's grid is a window of (tiles are laid and read on it)."""
+        if self.window is None:
+            return self.grid
+        row, col, height, width = self.window
+        grid = self.grid
+        return Grid(grid.crs, grid.transform * Affine.translation(-col, -row), width, height)
 
     @cached_property
     def plan(self) -> TilePlan:
         return TilePlan.build(self.height, self.width, self.tile, self.padding, self.block_size, self.window)
-
-
-def reading_grid(grid: Grid, window: tuple[int, int, int, int] | None) -> tuple[Grid, int, int]:
-    """The grid a run's tiles are read on (the whole grid its ``window`` lies in), and the (row, col) of the
-    run's grid in it."""
-    if window is None:
-        return grid, 0, 0
-    row, col, height, width = window
-    return Grid(grid.crs, grid.transform * Affine.translation(-col, -row), width, height), row, col
 
 
 @dataclass
@@ -133,25 +129,11 @@ def context(job: Job, pkg=None) -> Context:
             if job.tta:
                 engine = TTAEngine(engine)
             ds = open_imagery(list(job.imagery))
-            reader = ShiftedReader(ds, *job.read_grid, indexes=[b + 1 for b in pkg.extract_bands])
+            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], within=job.whole_grid)
             ctx = Context(job, pkg, decoder, engine, reader)
             _CONTEXTS.clear()  # one job at a time per process: free the previous engine
             _CONTEXTS[job] = ctx
         return ctx
-
-
-class ShiftedReader(GridReader):
-    """A :class:`GridReader` on a larger grid that reads windows given on a window of it (at ``row``, ``col``):
-    windows past that window's edges read the larger grid there."""
-
-    def __init__(self, ds, grid: Grid, row: int, col: int, indexes=None):
-        super().__init__(ds, grid, indexes=indexes)
-        self.shift = (row, col)
-
-    def read(self, window: Window, fill: float = 0, masked: bool = True):
-        row, col = self.shift
-        return super().read(Window(window.col_off + col, window.row_off + row, window.width, window.height),
-                            fill, masked)
 
 
 def _keep_large_allocations() -> None:
@@ -199,9 +181,12 @@ def profile_for(grid: Grid, rect: tuple[int, int, int, int], count: int, nodata,
     win = Window(col, row, w, h)
     # Intermediate files: light compression at most (they are read once, by the COG writer).
     packing = {"compress": "none"} if raw else {"compress": "deflate", "predictor": 1, "zlevel": 1}
+    # One compression thread: the piece is written beside the model's threads, and GDAL's multi-threaded
+    # compression of small multi-band strips sometimes prints "Bad value 5 for ExtraSamples" (a harmless but
+    # alarming line on stderr).
     return grid.profile(transform=grid.window_transform(win), width=w, height=h, count=count, dtype="uint8",
                         nodata=nodata, blockxsize=512 if w > 512 else 256, blockysize=512 if h > 512 else 256,
-                        tiled=w >= 256 and h >= 256, **packing)
+                        tiled=w >= 256 and h >= 256, num_threads=1, **packing)
 
 
 # --- the block task ------------------------------------------------------------------------------------------

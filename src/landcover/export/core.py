@@ -38,6 +38,7 @@ from ..raster import (
     open_imagery,
     require_crs,
     target_grid,
+    whole_grid,
 )
 from .chips import ESRI_FORMAT_NAMES, FORMAT_ALIASES, FORMATS, ChipWriter, chip_paths
 from .labels import open_labels
@@ -201,7 +202,8 @@ def export_training_data(
                                      f"--start-index {max(chip_indices(out)) + 1}")
             created = not out.exists()
             check_writable_dir(out)
-            return _run(img, lab, grid, out, created, previous, user_classes, tile=tile, step=step, fmt=fmt,
+            within = whole_grid(Grid.of(img), cell_size)
+            return _run(img, lab, grid, within, out, created, previous, user_classes, tile=tile, step=step, fmt=fmt,
                         first=first, all_tiles=all_tiles, resample=resample, workers=workers,
                         progress=progress, t0=t0)
         finally:
@@ -351,8 +353,9 @@ def _groups(starts: list[int], tile: int, span: int) -> list[list[int]]:
 class _ImageryReader:
     """Imagery windows on the chip grid with their validity mask (imagery nodata, masks, outside the grid)."""
 
-    def __init__(self, ds, grid: Grid, resample: Resampling):
-        self.reader = GridReader(ds, grid, resample)
+    def __init__(self, ds, grid: Grid, resample: Resampling, within: Grid | None = None):
+        # Read within the whole resampled imagery: chips of adjacent extents get the same pixels.
+        self.reader = GridReader(ds, grid, resample, within=within)
         self.nodata = ds.nodata
         self.fill = 0 if self.nodata is None else self.nodata
         # With a nodata value, validity comes from the pixels already read; GDAL's dataset mask would read (or
@@ -379,7 +382,7 @@ class _ImageryReader:
         self.reader.close()
 
 
-def _run(img, lab, grid: Grid, out: Path, created: bool, previous: ExportMetadata | None,
+def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous: ExportMetadata | None,
          user_classes: dict[int, ClassInfo], *, tile: int, step: int, fmt: str, first: int, all_tiles: bool,
          resample: Resampling, workers: int | None, progress: bool, t0: float) -> ExportSummary:
     from tqdm import tqdm
@@ -393,7 +396,7 @@ def _run(img, lab, grid: Grid, out: Path, created: bool, previous: ExportMetadat
     block_rows = max(len(g) for g in row_groups) * step + tile
     col_groups = _groups(cols, tile, BLOCK_BYTES // max(1, block_rows * img.count * itemsize))
 
-    reader = _ImageryReader(img, grid, resample)
+    reader = _ImageryReader(img, grid, resample, within)
     counts = ClassCounts.empty()
     bands = BandAccumulator(img.count, img.dtypes[0])
     writer = ChipWriter(out, fmt, grid.crs, img.dtypes[0], img.count, img.nodata,
