@@ -88,6 +88,21 @@ def test_grid_reader_windows_and_nodata(make_raster):
     with rasterio.open(path) as ds, GridReader(ds, target_grid(Grid.of(ds), cell_size=2)) as rd:
         data, valid = rd.read(Window(0, 0, 5, 5))
         assert data.shape == (1, 5, 5) and valid[1:].all() and not valid[0].any()
+    # A window of the raster read within the whole grid: past the window's edges only with beyond=True.
+    with rasterio.open(path) as ds:
+        whole = Grid.of(ds)
+        part = Grid(whole.crs, whole.window_transform(Window(3, 2, 5, 4)), 5, 4)  # rows 2..5, cols 3..7
+        win = Window(-1, -1, 7, 6)  # one pixel past every edge of the part
+        with GridReader(ds, part, within=whole, beyond=True) as rd:
+            data, valid = rd.read(win)
+            assert valid[1:].all() and not valid[0].any()  # row 1 is the raster's nodata
+            assert np.array_equal(data[0, 1:], arr[0, 2:7, 2:9])
+        with GridReader(ds, part, within=whole) as rd:
+            data, valid = rd.read(win)
+            assert valid[1:-1, 1:-1].all() and valid.sum() == 20 and np.array_equal(data[0, 1:-1, 1:-1],
+                                                                                     arr[0, 2:6, 3:8])
+        with pytest.raises(ValueError):
+            GridReader(ds, target_grid(whole, cell_size=2), within=whole)
 
 
 @pytest.mark.parametrize(("bands", "dtype", "nodata", "indexes"), [

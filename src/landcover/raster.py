@@ -219,20 +219,23 @@ class GridReader:
     GDAL's boundless reads.
 
     With ``within`` (a larger grid of which ``grid`` is a window, e.g. :func:`whole_grid`), the pixels are
-    those of ``within`` (resampled on it), and windows past ``grid``'s edges read ``within`` there: the
-    context beyond an extent.
+    those of ``within`` (resampled on it); with ``beyond`` too, windows past ``grid``'s edges read ``within``
+    there (the context beyond an extent) instead of being outside.
     """
 
     def __init__(self, ds, grid: Grid, resampling: Resampling = Resampling.bilinear, indexes=None,
-                 within: Grid | None = None):
+                 within: Grid | None = None, beyond: bool = False):
         # Windows on a window of a larger grid are read on that grid (a shift), so every window of it reads the
         # same pixels whichever window of it a run covers (GDAL's warp of a window depends on the window).
         self.shift = (0, 0)
+        limit = None
         if within is not None and within != grid:
             place = grid_window(within, grid)
             if place is None:
                 raise ValueError("the grid is not a window of the grid it is read within")
-            self.shift, grid = place[:2], within
+            row, col = self.shift = place[:2]
+            limit = None if beyond else (row, col, row + grid.height, col + grid.width)
+            grid = within
         self.ds, self.grid = ds, grid
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
@@ -242,6 +245,9 @@ class GridReader:
             col, row = self.offset
             self._covered = (max(0, -row), max(0, -col), min(grid.height, ds.height - row),
                              min(grid.width, ds.width - col))
+        if limit is not None:  # the run's own grid ends the coverage
+            self._covered = (max(self._covered[0], limit[0]), max(self._covered[1], limit[1]),
+                             min(self._covered[2], limit[2]), min(self._covered[3], limit[3]))
         self._vrt = None
         if self.offset is None:
             kw = {}

@@ -400,7 +400,7 @@ def _calibration(pkg, ds, grids, plan, target_px: float = 2.0e6):
     the run's grid and the whole grid it is read within."""
     count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
     ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
-    reader = GridReader(ds, grids[0], indexes=[b + 1 for b in pkg.extract_bands], within=grids[1])
+    reader = GridReader(ds, grids[0], indexes=[b + 1 for b in pkg.extract_bands], within=grids[1], beyond=True)
     tiles = []
     try:
         for tid in ids:

@@ -129,7 +129,8 @@ def context(job: Job, pkg=None) -> Context:
             if job.tta:
                 engine = TTAEngine(engine)
             ds = open_imagery(list(job.imagery))
-            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], within=job.whole_grid)
+            reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], within=job.whole_grid,
+                                beyond=True)
             ctx = Context(job, pkg, decoder, engine, reader)
             _CONTEXTS.clear()  # one job at a time per process: free the previous engine
             _CONTEXTS[job] = ctx
