@@ -77,8 +77,8 @@ class AxisPlan:
     tile: int
     padding: int
     block_tiles: int
-    offset: int = 0
-    full: int = 0
+    offset: int
+    full: int
 
     @classmethod
     def build(cls, size: int, tile: int, padding: int, block_tiles: int, offset: int = 0,
@@ -95,12 +95,11 @@ class AxisPlan:
     @cached_property
     def _raster_starts(self) -> tuple[int, ...]:
         """Where the whole raster's tiles start."""
-        full = self.full or self.size  # 0: the axis is the whole raster
-        if full <= self.tile:
+        if self.full <= self.tile:
             return (0,)
-        count = math.ceil((full - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
+        count = math.ceil((self.full - 2 * self.padding) / max(1, self.tile - 2 * self.padding))
         count = max(count, 2)
-        return tuple(round(k * (full - self.tile) / (count - 1)) for k in range(count))
+        return tuple(round(k * (self.full - self.tile) / (count - 1)) for k in range(count))
 
     def _raster_edges(self, k: int) -> tuple[int, int]:
         """The whole raster's tile ``k``: its dead pixels at its start and its end (0 at the raster's edges)."""
