@@ -365,7 +365,7 @@ def test_resume_after_a_crash_gives_identical_pixels(model_dir, raster, tmp_path
     with pytest.raises(RuntimeError, match="simulated crash"):
         classify_pixels(path, model_dir, out, **kw)
     assert not out.exists() and (tmp_path / "run.tif.blocks" / "manifest.json").exists()
-    with pytest.raises(LandcoverError, match="--resume"):
+    with pytest.raises(LandcoverError, match=r"add resume=True to continue it, or overwrite=True"):
         classify_pixels(path, model_dir, out, **kw)
     with pytest.raises(LandcoverError, match="tile"):
         classify_pixels(path, model_dir, out, tile_size=96, resume=True, **kw)
@@ -513,6 +513,32 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, raster, tmp_path, capsys):
     assert code == 2 and "--overwrite" in err and out.read_bytes() == b"precious"
 
 
+def test_messages_name_arguments_as_the_user_gave_them(model_dir, raster, tmp_path, capsys):
+    """The same mistake reads ``tile_size=0`` from Python and ``--tile-size 0`` from the command line."""
+    path, _ = raster
+    out = tmp_path / "out.tif"
+    taken = tmp_path / "taken.tif"
+    taken.write_bytes(b"x")
+    cases = [  # (API keywords, CLI arguments, API words, CLI words)
+        ({"tile_size": 0}, ["--tile-size", 0], "tile_size=0: must be at least 16", "--tile-size 0: must be at least 16"),
+        ({"backend": "gpu"}, ["--backend", "gpu"], "backend='gpu': unknown backend", "--backend gpu: unknown backend"),
+        ({"extent": (10, 0, 0, 10)}, ["--extent", 10, 0, 0, 10], "extent=(10.0, 0.0, 0.0, 10.0): xmin must be <",
+         "--extent 10.0 0.0 0.0 10.0: xmin must be <"),
+        ({"extent_crs": "EPSG:nope", "extent": (0, 0, 1, 1)}, ["--extent-crs", "EPSG:nope", "--extent", 0, 0, 1, 1],
+         "extent_crs='EPSG:nope': not a CRS", "--extent-crs EPSG:nope: not a CRS"),
+        ({"output": taken}, ["--out", taken], "exists; add overwrite=True to replace it",
+         "exists; add --overwrite to replace it"),
+    ]
+    for kwargs, argv, api_words, cli_words in cases:
+        with pytest.raises(LandcoverError) as info:
+            classify_pixels(**{"input_raster": path, "model": model_dir, "output": out, "progress": False, **kwargs})
+        assert api_words in str(info.value) and "--" not in str(info.value), info.value
+        code, err = cli(capsys, "--model", model_dir, "--imagery", path, *(argv if "--out" in argv else
+                                                                          ["--out", out, *argv]))
+        assert code == 2 and cli_words in err, err
+    assert not out.exists()
+
+
 def test_cli_classifies(model_dir, raster, tmp_path, capsys):
     path, lab = raster
     out = tmp_path / "cli.tif"
@@ -571,7 +597,7 @@ def test_cell_size_far_from_the_models_is_warned(model_dir, raster, tmp_path, ca
                         tmp_path / "fine")
     same = save_package(dataclasses.replace(pkg, cell_size=(1.0, 1.0), crs_wkt=CRS.from_epsg(32617).to_wkt()),
                         tmp_path / "same")
-    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*--cell-size 0.5"):
+    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*with cell_size=0.5 to"):
         classify_pixels(path, fine, tmp_path / "a.tif", padding=8, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CellSizeWarning)
@@ -620,7 +646,7 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
     ({"gis": object()}, "drop gis="),
     ({"future": True}, "future=True: not supported"),
     ({"model": {"url": "https://host/model.emd"}}, "on this machine"),
-    ({"padding": 8.5}, "--padding 8.5: give a whole number"),
+    ({"padding": 8.5}, "padding=8.5: give a whole number"),
     ({"context": {"processorType": "GPU"}, "backend": "fp32"}, "give one of them" if torch.cuda.is_available()
      else "torch sees no CUDA GPU here; give 'CPU'"),
 ])

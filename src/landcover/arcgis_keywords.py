@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import LandcoverError
+from .errors import LandcoverError, arg
 
 #: Esri's well-known ids of Web Mercator that EPSG spells 3857.
 WEB_MERCATOR_WKIDS = (102100, 102113, 900913)
@@ -208,9 +208,10 @@ def flag(value: Any, name: str) -> bool:
 
 
 def whole(value: Any, name: str) -> int:
-    """An int from arcgis's string forms (``"64"``, ``"64.0"``); ``name`` is how the message names it
-    (``--tile-size`` words it as a flag, anything else as ``name=value``)."""
-    shown = f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
+    """An int from arcgis's string forms (``"64"``, ``"64.0"``); ``name`` is the argument that gave it: an API
+    argument (``tile_size``, named as the user wrote it, see :func:`~landcover.errors.arg`) or an entry such as
+    ``context['startIndex']``."""
+    shown = arg(name, value) if name.isidentifier() else f"{name}={value!r}"
     try:
         number = float(value)
     except (TypeError, ValueError):

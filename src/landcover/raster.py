@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from .errors import LandcoverError
+from .errors import LandcoverError, arg
 
 #: GDAL settings for windowed work: a 128 MiB block cache, which holds the block rows that overlapping windows
 #: share (rasterio takes GDAL_CACHEMAX in bytes: a value of 512 gives a 512-byte cache, and then every
@@ -117,14 +117,14 @@ class Grid:
         return prof
 
 
-def parse_crs(text: str | CRS | None, what: str = "--extent-crs") -> CRS | None:
-    """A CRS from 'EPSG:3857', a WKT string or a PROJ string."""
+def parse_crs(text: str | CRS | None, argument: str = "extent_crs") -> CRS | None:
+    """A CRS from 'EPSG:3857', a WKT string or a PROJ string (``argument``: the argument that gave it)."""
     if text is None or isinstance(text, CRS):
         return text
     try:
         return CRS.from_user_input(text)
     except Exception:
-        raise LandcoverError(f"{what}: {text!r} is not a CRS (use for example EPSG:3857)") from None
+        raise LandcoverError(f"{arg(argument, text)}: not a CRS (use for example EPSG:3857)") from None
 
 
 #: How many times finer than the source's a cell size may be (beyond, resampling only multiplies pixels).
@@ -153,9 +153,9 @@ def target_grid(
     left, bottom, right, top = source.bounds
     xmin, ymin, xmax, ymax = (float(v) for v in extent)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
-        raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: give four finite numbers")
+        raise LandcoverError(f"{arg('extent', (xmin, ymin, xmax, ymax))}: give four finite numbers")
     if xmin >= xmax or ymin >= ymax:
-        raise LandcoverError(f"--extent {xmin} {ymin} {xmax} {ymax}: xmin must be < xmax and ymin < ymax")
+        raise LandcoverError(f"{arg('extent', (xmin, ymin, xmax, ymax))}: xmin must be < xmax and ymin < ymax")
     ecrs = parse_crs(extent_crs) or source.crs
     if ecrs != source.crs:
         # Clip the extent to the raster's footprint in the extent's CRS first: a large extent (the whole
@@ -187,10 +187,10 @@ def whole_grid(source: Grid, cell_size: float | Sequence[float] | None = None, n
         return source
     csx, csy = (float(cell_size), float(cell_size)) if np.isscalar(cell_size) else map(float, cell_size)
     if not (math.isfinite(csx) and math.isfinite(csy) and csx > 0 and csy > 0):
-        raise LandcoverError(f"--cell-size {cell_size}: must be a number > 0, in the units of the raster's CRS")
+        raise LandcoverError(f"{arg('cell_size', cell_size)}: must be a number > 0, in the units of the raster's CRS")
     own = min(abs(source.transform.a), abs(source.transform.e))
     if max(own / csx, own / csy) > MAX_UPSAMPLING:
-        raise LandcoverError(f"--cell-size {cell_size}: {own / min(csx, csy):.0f} times finer than {name}'s cell size "
+        raise LandcoverError(f"{arg('cell_size', cell_size)}: {own / min(csx, csy):.0f} times finer than {name}'s cell size "
                              f"{own:g}, which adds no detail; give a cell size of at least {own / MAX_UPSAMPLING:g}")
     left, bottom, right, top = source.bounds
     # Enough cells to cover the raster (the last may reach past it): none of it is dropped.
@@ -363,16 +363,16 @@ def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:
     return int(round(col)), int(round(row))
 
 
-def open_imagery(paths: Sequence[str | os.PathLike]):
+def open_imagery(paths: Sequence[str | os.PathLike], argument: str = "imagery"):
     """Open imagery: one multi-band raster (or VRT), or several rasters whose bands are stacked in the given
     order (every band of each file: e.g. an RGB file then a NIR file make bands 1-4).
 
     The files must share CRS, transform and size; they are stacked through a VRT held in memory, so nothing
-    is copied. Returns an open rasterio dataset.
+    is copied. Returns an open rasterio dataset. ``argument``: the API argument that gave the paths (messages).
     """
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     if not paths:
-        raise LandcoverError("--imagery: give at least one raster")
+        raise LandcoverError(f"{arg(argument)}: give at least one raster")
     if len(paths) == 1:
         return open_raster(paths[0], "imagery")
     sets = [open_raster(p, "imagery") for p in paths]

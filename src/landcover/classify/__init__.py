@@ -23,7 +23,7 @@ import rasterio
 from rasterio.windows import Window
 
 from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, whole
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import (
     GDAL_ENV,
     Grid,
@@ -143,37 +143,37 @@ def classify_pixels(
             continue
         check_output(path, (".tif", ".tiff"), what, paths)
         if path.exists() and not overwrite:
-            raise LandcoverError(f"{path}: {what} exists; add --overwrite to replace it")
+            raise LandcoverError(f"{path}: {what} exists; add {arg('overwrite', True)} to replace it")
         check_writable_dir(path.parent)
     if prob_path is not None and prob_path.resolve() == output.resolve():
         raise LandcoverError(f"{prob_path}: the probabilities output must differ from the classes output")
     if backend not in BACKENDS:
-        raise LandcoverError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
+        raise LandcoverError(f"{arg('backend', backend)}: unknown backend (choose from {', '.join(BACKENDS)})")
     if scheduler and workers:
-        raise LandcoverError("give either --scheduler or --workers, not both")
+        raise LandcoverError(f"give either {arg('scheduler')} or {arg('workers')}, not both")
     if workers is not None and int(workers) < 1:
-        raise LandcoverError(f"--workers {workers}: must be at least 1")
+        raise LandcoverError(f"{arg('workers', workers)}: must be at least 1")
     if int(batch_size) < 1:
-        raise LandcoverError(f"--batch-size {batch_size}: must be at least 1")
+        raise LandcoverError(f"{arg('batch_size', batch_size)}: must be at least 1")
 
     from ..package import load_package
 
     pkg = load_package(model)
     decoder = ClassDecoder.for_package(pkg, predict_background)
     predict_background = decoder.predicts_background  # what the run does (also kept in its manifest)
-    with rasterio.Env(**GDAL_ENV), open_imagery(paths) as ds:
+    with rasterio.Env(**GDAL_ENV), open_imagery(paths, "input_raster") as ds:
         _check_imagery(ds, pkg, paths[0])
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
         if cell_size is None:
             _check_cell_size(grid, pkg, paths[0])
-        tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "--tile-size")
-        pad = tile // 4 if padding is None else whole(padding, "--padding")
+        tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "tile_size")
+        pad = tile // 4 if padding is None else whole(padding, "padding")
         if tile < 16:
-            raise LandcoverError(f"--tile-size {tile}: must be at least 16 pixels")
+            raise LandcoverError(f"{arg('tile_size', tile)}: must be at least 16 pixels")
         if pad < 0 or 2 * pad >= tile:
-            raise LandcoverError(f"--padding {pad}: must be >= 0 and less than half the tile size ({tile})")
+            raise LandcoverError(f"{arg('padding', pad)}: must be >= 0 and less than half the tile size ({tile})")
         if block_size is not None and block_size < 1:
-            raise LandcoverError(f"--block-size {block_size}: must be at least 1")
+            raise LandcoverError(f"{arg('block_size', block_size)}: must be at least 1")
         whole_raster = whole_grid(Grid.of(ds), cell_size)
         window = grid_window(whole_raster, grid)
         plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK), window)
@@ -211,7 +211,7 @@ def classify_pixels(
                 shutil.rmtree(work, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise LandcoverError(f"{work.parent}: the disk is full; free some space"
-                                     f"{', then rerun with --resume' if kept else ''}") from None
+                                     f"{', then rerun with ' + arg('resume', True) if kept else ''}") from None
             raise
     t_assembly = time.perf_counter()
     finish(job, plan, decoder, list(pkg.classes), output, prob_path)
@@ -299,7 +299,7 @@ def _check_cell_size(grid: Grid, pkg, name: str) -> None:
     model = float(pkg.cell_size[0]) * f_model
     if image > 0 and model > 0 and max(image / model, model / image) >= CELL_SIZE_RATIO:
         warnings.warn(f"{name}: cell size {image:g} m, the model was trained at {model:g} m; classify with "
-                      f"--cell-size {model / f_img:g} (cell_size={model / f_img:g}) to resample to it",
+                      f"{arg('cell_size', round(model / f_img, 6))} to resample to it",
                       CellSizeWarning, stacklevel=3)
 
 
@@ -362,8 +362,8 @@ def _resolve_backend(backend, previous, pkg, decoder, ds, grids, plan, tile, mod
         backend = "cuda"
     backend = "auto" if backend == "cpu" else backend
     if backend == "cuda" and not cuda_available():
-        raise LandcoverError("--backend cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                             "use --backend auto, or install a CUDA build of torch")
+        raise LandcoverError(f"{arg('backend', 'cuda')}: torch sees no CUDA GPU here (torch.cuda.is_available() is "
+                             f"False); use {arg('backend', 'auto')}, or install a CUDA build of torch")
     tile_px = plan.rows.tile * plan.cols.tile
     fp32_seconds = plan.tile_count * tile_px * (8 if tta else 1) / 1.0e6
     if backend == "auto" and fp32_seconds < SMALL_JOB_SECONDS:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from .blocks import Job, run_block
 
 #: seconds to wait for a scheduler to answer
@@ -30,7 +30,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise LandcoverError(
-                f"--scheduler {scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT} s "
+                f"{arg('scheduler', scheduler)}: no Dask scheduler answered within {CONNECT_TIMEOUT} s "
                 f"({str(exc).splitlines()[0][:120]}); check the address and that dask-scheduler is running"
             ) from None
         with client:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import atomic_output
 from .blend import ClassDecoder
 
@@ -430,7 +430,7 @@ def build_engine(backend: str, pkg, decoder: ClassDecoder, artifact: str | None 
         return TorchEngine(model, backend)
     if backend == "cuda":
         return CudaEngine(model, decoder, batch_size)
-    raise LandcoverError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
+    raise LandcoverError(f"{arg('backend', backend)}: unknown backend (choose from {', '.join(BACKENDS)})")
 
 
 def prepare_artifact(backend: str, pkg, decoder: ClassDecoder, model_hash: str,

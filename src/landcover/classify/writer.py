@@ -23,7 +23,7 @@ from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio.errors does 
 from rasterio.enums import Resampling
 
 from ..classes import class_tag, colormap_of, write_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import GDAL_ENV, Grid, atomic_output
 from .blend import ClassDecoder
 from .blocks import Job, block_name, profile_for
@@ -40,8 +40,8 @@ def open_work(work: Path, manifest: dict, resume: bool, overwrite: bool) -> None
     """Create the work folder, or check that an existing one belongs to the same run (``resume``)."""
     if work.exists() and not resume:
         if not overwrite:
-            raise LandcoverError(f"{work}: an unfinished run is here; add --resume to continue it, or "
-                                 "--overwrite to start again")
+            raise LandcoverError(f"{work}: an unfinished run is here; add {arg('resume', True)} to continue it, or "
+                                 f"{arg('overwrite', True)} to start again")
         shutil.rmtree(work)
     if work.exists():
         try:
@@ -136,7 +136,7 @@ def piece_files(job: Job, plan: TilePlan, suffix: str = ".tif") -> list[tuple[tu
         name = block_name(blocks[0]) if len(blocks) == 1 else f"s{piece[0]}_{piece[1]}"
         path = work / f"{name}{suffix}"
         if not path.exists():
-            raise LandcoverError(f"{path}: missing piece of the classification; rerun with --resume")
+            raise LandcoverError(f"{path}: missing piece of the classification; rerun with {arg('resume', True)}")
         files.append((plan.piece_rect(piece), path))
     return files
 

@@ -1,7 +1,8 @@
 """The ``landcover`` command: a thin skin over the Python API, one module per workflow step.
 
 Each module in :data:`COMMANDS` defines ``register(subparsers)``, which adds its subcommand(s) and sets
-``func(args) -> int`` on the parser. User errors (:class:`~landcover.errors.LandcoverError`) and bad usage
+``func(args) -> int`` on the parser. The API runs within :func:`~landcover.errors.cli_spelling`, so its
+messages name the flags the user typed. User errors (:class:`~landcover.errors.LandcoverError`) and bad usage
 print one line on stderr and exit with code 2, as do errors of the system (disk full, permissions).
 """
 
@@ -14,7 +15,7 @@ import importlib
 import sys
 import warnings
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, cli_spelling
 
 #: Subcommand modules, in workflow order.
 COMMANDS = ("export", "train", "classify", "evaluate", "demo")
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with cli_spelling():  # messages name arguments as the flags the user typed
+            return int(args.func(args) or 0)
     except LandcoverError as exc:
         print(f"landcover {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
