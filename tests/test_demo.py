@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from landcover.cli import main
+from landcover.demo.run import run_demo
+from landcover.errors import LandcoverError
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "land_cover_classification.ipynb"
@@ -58,3 +60,5 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert "is a file; give --out a folder" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(LandcoverError, match="is a file; give out a folder"):  # the Python API names its argument
+        run_demo(blocker, quick=True)

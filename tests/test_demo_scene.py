@@ -144,7 +144,7 @@ def test_preview_shows_imagery_and_labels(scene, tmp_path):
 
 
 def test_too_small_a_scene_is_refused(tmp_path):
-    with pytest.raises(LandcoverError, match="--size 64"):
+    with pytest.raises(LandcoverError, match="size=64"):
         make_scene(tmp_path, size=64)
 
 

@@ -309,6 +309,23 @@ def test_bad_input_is_one_line(tmp_path):
         evaluate(a, a, class_field="value")
 
 
+def test_messages_name_arguments_as_the_user_gave_them(tmp_path, capsys):
+    """``sample=60`` from Python, ``--sample 60`` from the CLI; ``class_field``/``--class-field`` likewise."""
+    a = write_raster(tmp_path / "a.tif", np.ones((10, 10), np.uint8))
+    half = np.ones((10, 10), np.uint8)
+    half[5:] = 0
+    h = write_raster(tmp_path / "half.tif", half)
+    with pytest.raises(LandcoverError, match=r"^sample=60: larger than the 50 pixels that have data"):
+        evaluate(a, h, sample=60)
+    assert main(["evaluate", "--prediction", str(a), "--reference", str(h), "--sample", "60"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --sample 60: larger than the 50 pixels that have data" in err and "sample=" not in err
+    with pytest.raises(LandcoverError, match=r"^class_field='value': only polygon references have fields"):
+        evaluate(a, a, class_field="value")
+    assert main(["evaluate", "--prediction", str(a), "--reference", str(a), "--class-field", "value"]) == 2
+    assert "error: --class-field value: only polygon references have fields" in capsys.readouterr().err
+
+
 def test_cli_writes_json_table_and_heatmap(tmp_path, capsys):
     p, r, pred, ref = _pair(tmp_path, seed=2, shape=(30, 30))
     out = tmp_path / "rep" / "report.json"
@@ -493,7 +510,7 @@ def test_polygon_float_field_must_hold_integers(tmp_path):
     ("stratified", "use a sample of at least 4 (2 units for each of the 2 map classes)"),
     ("equalized", "use a sample of at least 4 (2 units for each of the 2 map classes)"),
     ("random", "use a larger sample or the stratified or equalized strategy (which give every map class at least 2 "
-     "units from --sample 4)")])
+     "units from sample=4)")])
 def test_thin_stratum_hint_depends_on_the_strategy(tmp_path, strategy, hint):
     pred = np.ones((20, 20), np.uint8)
     pred[0, :3] = 2  # a rare map class: 3 pixels

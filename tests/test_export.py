@@ -471,6 +471,20 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_complete(scene, bad, tmp
         assert not (out / "images").exists() or not any((out / "images").iterdir()), what
 
 
+def test_messages_name_arguments_as_the_user_gave_them(scene, tmp_path, capsys):
+    """The Python API names its arguments (``stride=300``), the CLI its flags (``--stride 300``)."""
+    img, lab = scene["imagery"], scene["labels"]
+    with pytest.raises(LandcoverError, match=re.escape("stride=300: must not exceed tile_size=256 (pixels")):
+        export_training_data(img, lab, tmp_path / "api", stride=300, progress=False)
+    assert cli("--imagery", img, "--labels", lab, "--out", tmp_path / "cli", "--stride", 300) == 2
+    assert "error: --stride 300: must not exceed --tile-size 256 (pixels" in capsys.readouterr().err
+    # chip_format is --format on the command line
+    with pytest.raises(LandcoverError, match=re.escape("but the imagery has 4; use chip_format='tif'")):
+        export_training_data(img, lab, tmp_path / "api", chip_format="png", progress=False)
+    assert cli("--imagery", img, "--labels", lab, "--out", tmp_path / "cli", "--format", "png") == 2
+    assert capsys.readouterr().err.strip().endswith("but the imagery has 4; use --format tif")
+
+
 def test_existing_export_refused_without_start_index(scene, raster_export, capsys):
     before = (raster_export / "esri_accumulated_stats.json").read_bytes()
     n = len(chips_of(raster_export))
@@ -603,10 +617,10 @@ def test_arcgis_learn_call_exports_what_the_plain_call_does(scene, tmp_path):
     ({"context": {"rotation": 90}}, "not a setting"),
     ({"gis": object()}, "drop gis="),
     ({"input_raster": "other.tif"}, "give it once"),
-    ({"buffer_radius": "abc"}, "--buffer-radius abc: give a number"),
+    ({"buffer_radius": "abc"}, "buffer_radius='abc': give a number"),
     ({"rotation_angle": 90}, "rotation_angle=90: not supported"),
     ({"tilesize": 128}, "unexpected keyword argument 'tilesize'"),
-    ({"tile_size": 128.5}, "--tile-size 128.5: give a whole number"),
+    ({"tile_size": 128.5}, "tile_size=128.5: give a whole number"),
     ({"out": "TIFF", "output_location": "x"}, "third positional argument is chip_format"),
     ({"context": {"cellSize": 0.01}}, "100 times finer than"),
 ])

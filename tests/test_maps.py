@@ -88,6 +88,21 @@ def test_bad_map_input(tmp_path, scene):
     with pytest.raises(LandcoverError, match="no pixels over the classified raster"):
         render_map(classified, imagery=elsewhere, out=tmp_path / "far.png")
     assert main(["map", "--classified", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_messages_name_arguments_as_the_user_gave_them(tmp_path, scene, capsys):
+    """``bands=[4, 1, 2]`` from Python, ``--bands 4 1 2`` from the CLI; ``opacity``/``--opacity`` likewise."""
+    classified, imagery, _ = scene
+    with pytest.raises(LandcoverError, match=re.escape("img.tif: bands=[4, 1, 2]: band 4 out of range")):
+        render_map(classified, imagery=imagery, bands=[4, 1, 2], out=tmp_path / "m.png")
+    assert main(["map", "--classified", str(classified), "--imagery", str(imagery), "--bands", "4", "1", "2",
+                 "--out", str(tmp_path / "m.png")]) == 2
+    assert "img.tif: --bands 4 1 2: band 4 out of range" in capsys.readouterr().err
+    with pytest.raises(LandcoverError, match=r"^opacity=1\.5: must be between 0 and 1"):
+        render_map(classified, out=tmp_path / "m.png", opacity=1.5)
+    assert main(["map", "--classified", str(classified), "--opacity", "1.5", "--out", str(tmp_path / "m.png")]) == 2
+    assert "error: --opacity 1.5: must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "m.png").exists()
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 
 from landcover.cli import main as cli_main
 from landcover.data import prepare_data
-from landcover.errors import LandcoverError
+from landcover.errors import LandcoverError, cli_spelling
 from landcover.package import load_package
 from landcover.train import UnetClassifier
 from tiles_fixture import write_export
@@ -279,6 +279,20 @@ def test_cli_messages_name_the_flags(first_run, tmp_path, capsys, argv, flag):
     err = _one_line_error(capsys)
     assert rc == 2 and flag in err
     assert not any(name in err for name in ("val_split_pct", "lr=", "epochs=", "batch_size"))
+
+
+def test_messages_name_arguments_as_the_user_gave_them(tmp_path, capsys):
+    """A batch larger than the training chips (found once the data is read): ``batch_size=50`` from Python,
+    ``--batch-size 50`` from the CLI."""
+    chips = _chips(tmp_path / "chips")
+    with pytest.raises(LandcoverError, match=r"^batch_size=50 is larger than the 6 training chips"):
+        prepare_data(chips, batch_size=50, val_split_pct=0.25)
+    with cli_spelling(), pytest.raises(LandcoverError, match=r"^--batch-size 50 is larger than the 6 training"):
+        prepare_data(chips, batch_size=50, val_split_pct=0.25)
+    rc = cli_main(["lr-find", str(chips), "--out", str(tmp_path / "lr.png"), "--batch-size", "50",
+                   "--val-split", "0.25"])
+    err = _one_line_error(capsys)
+    assert rc == 2 and "error: --batch-size 50 is larger than the 6 training chips" in err
 
 
 # --- 6. where checkpoints go -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from landcover.cli import main as cli_main
 from landcover.data import prepare_data
-from landcover.errors import LandcoverError
+from landcover.errors import LandcoverError, cli_spelling
 from landcover.train import ClassMetrics, UnetClassifier
 from landcover.train import classifier as classifier_module
 from landcover.train.losses import SegmentationLoss
@@ -526,7 +526,12 @@ def test_resume_with_other_bands_is_refused(tmp_path):
     with pytest.raises(LandcoverError) as err:
         other.fit(2, lr=1e-3, resume=first.last_checkpoint)
     text = _one_line(err)
-    assert "trained on bands [3, 0, 1]" in text and "--extract-bands 4 1 2" in text
+    assert "trained on bands [3, 0, 1] (0-based)" in text and text.endswith("resume with extract_bands=[3, 0, 1]")
+    with cli_spelling(), pytest.raises(LandcoverError) as err:  # the CLI counts bands from 1, as GDAL
+        other.fit(2, lr=1e-3, resume=first.last_checkpoint)
+    text = _one_line(err)
+    assert "trained on bands 4 1 2 of the chips, this run reads 1 2 3;" in text
+    assert text.endswith("resume with --extract-bands 4 1 2")
 
 
 def test_from_model_keeps_the_training_options(data, tmp_path):

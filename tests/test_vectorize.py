@@ -112,6 +112,15 @@ def test_minimum_unit_merges_clusters_of_small_patches_and_keeps_every_class_pix
         assert info["features"] == len(geoms)
 
 
+def test_messages_name_arguments_as_the_user_gave_them(tmp_path, capsys):
+    """``min_area=1000.0`` from Python, ``--min-area 1000.0`` from the CLI."""
+    ok = write_raster(tmp_path / "ok.tif", np.ones((5, 5), np.uint8), transform=T)  # 100 m²
+    with pytest.raises(LandcoverError, match=r"^min_area=1000\.0: not smaller than the whole raster"):
+        vectorize(ok, tmp_path / "a.gpkg", min_area=1000.0)
+    assert main(["vectorize", str(ok), "--out", str(tmp_path / "c.gpkg"), "--min-area", "1000"]) == 2
+    assert "error: --min-area 1000.0: not smaller than the whole raster" in capsys.readouterr().err
+
+
 def test_bad_input(tmp_path, capsys):
     empty = write_raster(tmp_path / "e.tif", np.zeros((5, 5), np.uint8), nodata=0, transform=T)
     with pytest.raises(LandcoverError, match="every pixel is no data"):

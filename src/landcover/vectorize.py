@@ -31,7 +31,7 @@ import numpy as np
 
 from .areas import PixelAreas, as_class_values, check_classified, class_strips, strips
 from .classes import read_class_table
-from .errors import LandcoverError
+from .errors import LandcoverError, arg
 from .raster import Grid, atomic_output, check_output, check_writable_dir, open_raster
 
 #: Features written per GeoPackage append.
@@ -50,7 +50,7 @@ def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") ->
     geodesic area of a pixel in the raster's middle row.
     """
     if min_area is not None and not (math.isfinite(min_area) and min_area >= 0):
-        raise LandcoverError(f"--min-area {min_area}: must be a number >= 0")
+        raise LandcoverError(f"{arg('min_area', min_area)}: must be a number >= 0")
     if min_area is None or min_area == 0:
         return 1
     areas = PixelAreas(grid, what)
@@ -58,7 +58,7 @@ def min_area_pixels(min_area: float | None, grid: Grid, what: str = "raster") ->
     pixels = max(1, math.ceil(min_area / pixel - 1e-9))
     if pixels >= grid.width * grid.height:  # GDAL's sieve needs patches smaller than the raster
         unit = "m²" if areas.unit == "m²" else "CRS units²"
-        raise LandcoverError(f"--min-area {min_area:g}: not smaller than the whole raster "
+        raise LandcoverError(f"{arg('min_area', min_area)}: not smaller than the whole raster "
                              f"({grid.width * grid.height * pixel:g} {unit}); give a smaller minimum mapping unit")
     return pixels
 
@@ -81,7 +81,7 @@ def vectorize(raster: str | os.PathLike, out: str | os.PathLike, min_area: float
     from rasterio.features import shapes
 
     if connectivity not in (4, 8):
-        raise LandcoverError(f"connectivity {connectivity}: use 4 or 8")
+        raise LandcoverError(f"{arg('connectivity', connectivity)}: use 4 or 8")
     out = check_output(out, (".gpkg",), "polygon layer (GeoPackage)", [raster])
     check_writable_dir(out.parent)
     path = str(raster)

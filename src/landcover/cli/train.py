@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import tempfile
 from pathlib import Path
 
@@ -53,28 +52,6 @@ open_fraction = _number(float, 0.0, 1.0, closed=False, what="a fraction between 
 fraction = _number(float, 0.0, 1.0, what="a fraction from 0 to 1")
 band_number = _number(int, 1, what="band numbers counted from 1 (as in GDAL), e.g. --extract-bands 4 1 2")
 upper_fraction = _number(float, 0.0, 1.0, what="a fraction more than 0 and at most 1 (e.g. 0.3)")
-
-#: Python API argument names in messages → the CLI flags, for errors only found once the data is read
-#: (e.g. a batch larger than the training chips)
-API_FLAGS = {"val_split_pct": "--val-split", "batch_size": "--batch-size", "chip_size": "--chip-size",
-             "num_workers": "--num-workers", "epochs": "--epochs", "lr": "--lr", "monitor": "--monitor",
-             "dice_loss_fraction": "--dice-loss-fraction", "ignore_classes": "--ignore-classes",
-             "backbone": "--backbone", "pretrained_path": "--pretrained", "num_steps": "--steps",
-             "norm_pct": "--norm-pct"}
-_API_NAME = re.compile(r"(?<![\w./\\-])(" + "|".join(API_FLAGS) + r")(=|: )('([^']*)')?")
-
-
-def cli_message(text: str) -> str:
-    """``batch_size=16 is larger ...`` → ``--batch-size 16 is larger ...``; ``backbone='x'`` → ``--backbone x``."""
-
-    def flag(m: re.Match) -> str:
-        if m[2] == ": " and m.start() != 0:
-            return m[0]
-        sep = " " if m[2] == "=" else ": "
-        return API_FLAGS[m[1]] + sep + (m[4] if m[3] else "")
-
-    return _API_NAME.sub(flag, text)
-
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA", help="Classified Tiles folder(s) from `landcover export` "
@@ -175,19 +152,6 @@ def _prepare(args, working_dir: Path):
     return data, model
 
 
-def _cli_errors(run):
-    """Run ``run(args)`` with the Python API's argument names in its error messages turned into CLI flags."""
-
-    def wrapped(args) -> int:
-        try:
-            return run(args)
-        except LandcoverError as exc:
-            raise LandcoverError(cli_message(str(exc))) from None
-
-    wrapped.__name__, wrapped.__doc__ = run.__name__, run.__doc__
-    return wrapped
-
-
 def _check_out(out: Path, args) -> None:
     """Before training: MODEL_DIR may be written, and this run's checkpoints will not be inside it."""
     from ..train.classifier import check_package_folder
@@ -200,7 +164,6 @@ def _check_out(out: Path, args) -> None:
                              f"{out / 'unet'}")
 
 
-@_cli_errors
 def run_train(args) -> int:
     from ..raster import check_writable_dir
 
@@ -230,7 +193,6 @@ def run_train(args) -> int:
     return 0
 
 
-@_cli_errors
 def run_lr_find(args) -> int:
     from ..raster import atomic_output, check_writable_dir
 

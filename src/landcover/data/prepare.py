@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch.utils.data import DataLoader
 
 from ..classes import ClassInfo, generated_classes
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from .loader import ChipDataset, read_chip, read_label
 from .show import rgb_band_indices
 from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
@@ -181,12 +181,12 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     if not paths:
         raise LandcoverError("prepare_data: give at least one training data folder")
     if not 0 < val_split_pct < 1:
-        raise LandcoverError(f"val_split_pct={val_split_pct}: give a fraction between 0 and 1 (e.g. 0.1)")
+        raise LandcoverError(f"{arg('val_split_pct', val_split_pct)}: give a fraction between 0 and 1 (e.g. 0.1)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
-        raise LandcoverError(f"batch_size={batch_size}: give a positive number of chips per batch")
+        raise LandcoverError(f"{arg('batch_size', batch_size)}: give a positive number of chips per batch")
     pct = _check_norm_pct(norm_pct)
     if not isinstance(stratify, (bool, np.bool_)):
-        raise LandcoverError(f"stratify={stratify!r}: give True (a split stratified by the classes in each chip) "
+        raise LandcoverError(f"{arg('stratify', stratify)}: give True (a split stratified by the classes in each chip) "
                              "or False (a random split)")
     exports = [read_export(p) for p in paths]
     for e in exports:
@@ -228,7 +228,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     valid_pairs = [pair for i, pair in enumerate(pairs) if i in valid_set]
     train_pairs = [pair for i, pair in enumerate(pairs) if i not in valid_set]
     if int(batch_size) > len(train_pairs):
-        raise LandcoverError(f"batch_size={batch_size} is larger than the {len(train_pairs)} training chips; "
+        raise LandcoverError(f"{arg('batch_size', batch_size)} is larger than the {len(train_pairs)} training chips; "
                              "lower the batch size or export more chips")
 
     nodata = next((e.nodata for e in exports if e.nodata is not None), header.nodata)
@@ -282,7 +282,7 @@ def _check_norm_pct(norm_pct: float | None) -> float | None:
         return None
     ok = isinstance(norm_pct, (int, float, np.integer, np.floating)) and not isinstance(norm_pct, (bool, np.bool_))
     if not ok or not math.isfinite(float(norm_pct)) or not 0 < float(norm_pct) <= 1:
-        raise LandcoverError(f"norm_pct={norm_pct!r}: give the fraction of training chips read for the "
+        raise LandcoverError(f"{arg('norm_pct', norm_pct)}: give the fraction of training chips read for the "
                              "normalization statistics, more than 0 and at most 1 (arcgis.learn uses 0.3)")
     return float(norm_pct)
 

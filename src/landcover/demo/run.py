@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import check_writable_dir
 from .report import Report
 from .scene import make_scene, write_preview
@@ -72,10 +72,10 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
 
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
-        raise LandcoverError(f"{out}: is a file; give --out a folder for the demo's outputs")
+        raise LandcoverError(f"{out}: is a file; give {arg('out')} a folder for the demo's outputs")
     check_writable_dir(out)
     if (out / "report.html").exists() and any((out / d).exists() for d in ("chips", "model")):
-        raise LandcoverError(f"{out}: holds an earlier demo run; give another --out or remove it")
+        raise LandcoverError(f"{out}: holds an earlier demo run; give another {arg('out')} or remove it")
     cfg = DemoSettings.for_mode(quick)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.warp import transform as transform_points
 
 from ..classes import CHESAPEAKE_CLASSES, ClassInfo, write_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import Grid, atomic_output, check_writable_dir
 from .landscape import MATERIAL_CLASS, render_landscape
 
@@ -92,7 +92,7 @@ def make_scene(out_dir: str | os.PathLike, size: int = 2048, seed: int = 0) -> S
     (the same land cover on the imagery grid), ``classes.json`` and ``scene.json``.
     """
     if not MIN_SIZE <= int(size) <= MAX_SIZE:
-        raise LandcoverError(f"--size {size}: the sample scene is {MIN_SIZE} to {MAX_SIZE} pixels a side")
+        raise LandcoverError(f"{arg('size', size)}: the sample scene is {MIN_SIZE} to {MAX_SIZE} pixels a side")
     size, seed = int(size), int(seed)
     out = check_writable_dir(out_dir)
     start = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..areas import ClassTally, PixelAreas, as_class_values, check_classified, class_strips
 from ..classes import ClassInfo, read_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import Grid, check_output, open_raster
 from .confusion import ConfusionCounter, confusion_metrics
 from .reference import open_reference
@@ -153,14 +153,14 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
     """
     if sample is not None:
         if strategy not in STRATEGIES:
-            raise LandcoverError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+            raise LandcoverError(f"{arg('strategy', strategy)}: use one of {', '.join(STRATEGIES)}")
         if int(sample) < 1:
-            raise LandcoverError(f"--sample {sample}: the sample size must be at least 1")
+            raise LandcoverError(f"{arg('sample', sample)}: the sample size must be at least 1")
     pred_path, ref_path = str(prediction), str(reference)
     try:
         ignored = sorted({int(v) for v in ignore_values or []})
     except (TypeError, ValueError):
-        raise LandcoverError(f"--ignore-values {ignore_values}: give whole numbers") from None
+        raise LandcoverError(f"{arg('ignore_values', ignore_values)}: give whole numbers") from None
     if out is not None:
         out = check_output(out, (".json",), "report", [prediction, reference])
         check_output(heatmap_path(out), (".png",), "confusion heatmap", [prediction, reference])
@@ -168,7 +168,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         check_classified(ds, pred_path, "prediction raster")
         grid, nodata = Grid.of(ds), ds.nodata
         if sample is not None and int(sample) > grid.width * grid.height:
-            raise LandcoverError(f"--sample {sample}: larger than the {grid.width * grid.height:,} pixels of "
+            raise LandcoverError(f"{arg('sample', sample)}: larger than the {grid.width * grid.height:,} pixels of "
                                  f"{pred_path}; use a smaller sample")
         pred_classes = read_class_table(pred_path)
         ref = open_reference(ref_path, grid, class_field, pred_classes)
@@ -233,7 +233,7 @@ def _check_shared_values(values, matrix, pred_path: str, ref_path: str, class_fi
     mapped = {v for v, n in zip(values, matrix.sum(axis=1), strict=True) if n}
     labelled = {v for v, n in zip(values, matrix.sum(axis=0), strict=True) if n}
     if not mapped & labelled:
-        field = f" (field {class_field!r}; choose another with --class-field)" if class_field else ""
+        field = f" (field {class_field!r}; choose another with {arg('class_field')})" if class_field else ""
         raise LandcoverError(f"{ref_path}: none of the reference's class values ({_listed(labelled)}){field} is a "
                              f"class of {pred_path} ({_listed(mapped)}); recode the reference to the map's values")
 
@@ -303,7 +303,7 @@ def _thin_hint(strategy: str, strata: int, pixels: list[int]) -> str:
         return "they have fewer than 2 pixels in the assessed area, so no sample can give them 2 units"
     if strategy == "random":
         return (f"use a larger sample or the stratified or equalized strategy (which give every map class at least "
-                f"2 units from --sample {2 * strata})")
+                f"2 units from {arg('sample', 2 * strata)})")
     # stratified and equalized already give every stratum an equal floor: only the sample size helps
     return f"use a sample of at least {2 * strata} (2 units for each of the {strata} map classes)"
 

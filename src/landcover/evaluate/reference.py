@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from ..areas import MAX_CLASS_VALUE, as_class_values, check_class_values, class_mask
 from ..classes import ClassInfo, read_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import Grid, GridReader, open_raster
 
 #: File types read as polygons; anything else is opened as a raster.
@@ -38,7 +38,7 @@ def open_reference(path: str | os.PathLike, grid: Grid, class_field: str | None 
     if is_vector(path):
         return PolygonReference(path, grid, class_field, classes or [])
     if class_field is not None:
-        raise LandcoverError(f"--class-field {class_field}: only polygon references have fields; {path} is read "
+        raise LandcoverError(f"{arg('class_field', class_field)}: only polygon references have fields; {path} is read "
                              "as a raster")
     return RasterReference(path, grid)
 
@@ -177,7 +177,7 @@ def _pick_field(path: str, fields: list[str], wanted: str | None) -> str:
         if name in lower:
             return lower[name]
     raise LandcoverError(f"{path}: no class field found (looked for {', '.join(CLASS_FIELDS)}); name it with "
-                         f"--class-field (fields are {', '.join(fields) or 'none'})")
+                         f"{arg('class_field')} (fields are {', '.join(fields) or 'none'})")
 
 
 def _class_values(path: str, field: str, dtype: str, raw: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:

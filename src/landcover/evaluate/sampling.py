@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 
 STRATEGIES = ("stratified", "equalized", "random")
 
@@ -126,12 +126,12 @@ def allocate(strategy: str, size: int, strata_pixels: dict[int, int],
     draw from; what does not fit is given to the others.
     """
     if strategy not in STRATEGIES:
-        raise LandcoverError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        raise LandcoverError(f"{arg('strategy', strategy)}: use one of {', '.join(STRATEGIES)}")
     total = int(sum(strata_pixels.values()))
     if size < 1:
-        raise LandcoverError(f"--sample {size}: the sample size must be at least 1")
+        raise LandcoverError(f"{arg('sample', size)}: the sample size must be at least 1")
     if size > total:
-        raise LandcoverError(f"--sample {size}: larger than the {total:,} pixels that have data in both the "
+        raise LandcoverError(f"{arg('sample', size)}: larger than the {total:,} pixels that have data in both the "
                              "prediction and the reference; use a smaller sample")
     if strategy == "random":
         return {0: size}

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, square_size, whole
 from ..classes import ClassInfo, generated_color, load_classes_json
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import (
     GDAL_ENV,
     Grid,
@@ -165,24 +165,24 @@ def export_training_data(
     check_metadata_format(metadata_format)
     fmt = FORMAT_ALIASES.get(str(chip_format or "tif").lower().lstrip("."))
     if fmt is None:
-        raise LandcoverError(f"--format {chip_format}: use tif, png or jpg")
+        raise LandcoverError(f"{arg('chip_format', chip_format)}: use tif, png or jpg")
     tile, step = _check_tiling(tile_size, stride)
     if start_index is not None and int(start_index) < 0:
-        raise LandcoverError(f"--start-index {start_index}: must be >= 0")
+        raise LandcoverError(f"{arg('start_index', start_index)}: must be >= 0")
     try:
         radius = float(buffer_radius or 0)
     except (TypeError, ValueError):
-        raise LandcoverError(f"--buffer-radius {buffer_radius}: give a number >= 0") from None
+        raise LandcoverError(f"{arg('buffer_radius', buffer_radius)}: give a number >= 0") from None
     if not math.isfinite(radius) or radius < 0:
-        raise LandcoverError(f"--buffer-radius {buffer_radius}: must be >= 0")
+        raise LandcoverError(f"{arg('buffer_radius', buffer_radius)}: must be >= 0")
     try:
         resample = Resampling[str(resampling).lower()]
     except KeyError:
-        raise LandcoverError(f"--resampling {resampling}: use nearest, bilinear, cubic or average") from None
+        raise LandcoverError(f"{arg('resampling', resampling)}: use nearest, bilinear, cubic or average") from None
     user_classes = _user_classes(classes)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise LandcoverError(f"{out}: --out exists and is not a folder")
+        raise LandcoverError(f"{out}: {arg('out')} exists and is not a folder")
 
     previous = _previous_export(out, start_index)
     first = int(start_index) if start_index is not None else 0
@@ -198,8 +198,8 @@ def export_training_data(
                 _check_compatible(previous, out, img, tile, fmt)
             taken = [i for i in chip_indices(out) if i >= first]
             if taken:
-                raise LandcoverError(f"{out}: --start-index {first} would overwrite chip {taken[0]:09d}; use "
-                                     f"--start-index {max(chip_indices(out)) + 1}")
+                raise LandcoverError(f"{out}: {arg('start_index', first)} would overwrite chip {taken[0]:09d}; use "
+                                     f"{arg('start_index', max(chip_indices(out)) + 1)}")
             created = not out.exists()
             check_writable_dir(out)
             within = whole_grid(Grid.of(img), cell_size)
@@ -257,20 +257,21 @@ def check_metadata_format(metadata_format: str | None) -> None:
         return
     known = next((f for f in OTHER_METADATA_FORMATS if name is not None and f.lower() == name.lower()), None)
     what = f"{known} is an ArcGIS format landcover does not write" if known else "not a metadata format"
-    raise LandcoverError(f"--metadata-format {metadata_format}: {what}; landcover exports {METADATA_FORMAT} only "
+    raise LandcoverError(f"{arg('metadata_format', metadata_format)}: {what}; landcover exports {METADATA_FORMAT} only "
                          "(chips for pixel classification)")
 
 
 def _check_tiling(tile_size, stride) -> tuple[int, int]:
-    tile = whole(tile_size, "--tile-size") if tile_size is not None else 256
-    step = whole(stride, "--stride") if stride is not None else max(1, tile // 2)
+    tile = whole(tile_size, "tile_size") if tile_size is not None else 256
+    step = whole(stride, "stride") if stride is not None else max(1, tile // 2)
     if tile <= 0:
-        raise LandcoverError(f"--tile-size {tile_size}: must be > 0")
+        raise LandcoverError(f"{arg('tile_size', tile_size)}: must be > 0")
     if step < 0:
-        raise LandcoverError(f"--stride {stride}: must be >= 0 (0 = the tile size)")
+        raise LandcoverError(f"{arg('stride', stride)}: must be >= 0 (0 = the tile size)")
     step = step or tile  # ArcGIS's samples pass stride 0 for "no overlap"
     if step > tile:
-        raise LandcoverError(f"--stride {stride}: must not exceed --tile-size {tile} (pixels would be skipped)")
+        raise LandcoverError(f"{arg('stride', stride)}: must not exceed {arg('tile_size', tile)} (pixels would be "
+                             "skipped)")
     return tile, step
 
 
@@ -289,11 +290,11 @@ def _previous_export(out: Path, start_index: int | None) -> ExportMetadata | Non
         existing = read_export(out)
         if start_index is None:
             raise LandcoverError(f"{out}: already holds an export ({existing.num_tiles} chips); choose another "
-                                 f"--out, or append with --start-index {existing.next_index}")
+                                 f"{arg('out')}, or append with {arg('start_index', existing.next_index)}")
         return existing
     if start_index is None and chip_indices(out):
         raise LandcoverError(f"{out}: holds chips without metadata (an interrupted export?); remove them or "
-                             "choose another --out")
+                             f"choose another {arg('out')}")
     return None
 
 
@@ -303,10 +304,10 @@ def _check_imagery(img, name: str, fmt: str) -> None:
         label = {"png": "PNG", "jpg": "JPEG"}[fmt]
         if img.count not in (1, 3):
             raise LandcoverError(f"{name}: {label} chips hold 1 or 3 bands but the imagery has {img.count}; "
-                                 "use --format tif")
+                                 f"use {arg('chip_format', 'tif')}")
         if img.dtypes[0] != "uint8":
             raise LandcoverError(f"{name}: {label} chips are 8-bit but the imagery is {img.dtypes[0]}; use "
-                                 "--format tif")
+                                 f"{arg('chip_format', 'tif')}")
 
 
 def _check_compatible(prev: ExportMetadata, out: Path, img, tile: int, fmt: str) -> None:
@@ -437,7 +438,7 @@ def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous:
         bar.close()
         if index == first:
             raise LandcoverError(f"{lab.path}: no chip holds labelled pixels inside the imagery's valid area"
-                                 + ("" if all_tiles else " (use --all-tiles to export unlabelled chips)"))
+                                 + ("" if all_tiles else f" (use {arg('all_tiles', True)} to export unlabelled chips)"))
         new = _metadata(img, grid, lab, user_classes, counts, bands, tile=tile, fmt=fmt, first=first,
                         next_index=index)
         merged = previous.merge(new) if previous is not None else new

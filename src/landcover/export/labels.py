@@ -21,7 +21,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..classes import ClassInfo, read_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import Grid, GridReader, open_raster
 
 log = logging.getLogger("landcover")
@@ -51,14 +51,14 @@ def open_labels(path: str | os.PathLike, grid: Grid, class_field: str | None = N
     except rasterio.errors.RasterioIOError:
         return VectorLabels(p, grid, class_field, buffer_radius)
     if class_field is not None:
-        raise LandcoverError(f"{p}: --class-field {class_field} applies to vector labels, but this is a raster "
+        raise LandcoverError(f"{p}: {arg('class_field', class_field)} applies to vector labels, but this is a raster "
                              "(its pixel values are the classes)")
     return RasterLabels(p, grid)
 
 
 def _check_overlap(path: str, grid: Grid, bounds: tuple[float, float, float, float]) -> None:
     if not grid.overlaps(bounds):
-        raise LandcoverError(f"{path}: labels do not overlap the imagery (or the --extent); "
+        raise LandcoverError(f"{path}: labels do not overlap the imagery (or the {arg('extent')}); "
                              "check both layers' CRS and extent")
 
 
@@ -168,13 +168,13 @@ class VectorLabels:
             field = lower.get(class_field.lower())
             if field is None:
                 raise LandcoverError(f"{path}: no field {class_field!r} (fields: {', '.join(fields) or 'none'}); "
-                                     "choose one with --class-field")
+                                     f"choose one with {arg('class_field')}")
         else:
             field = next((lower[f] for f in CLASS_FIELDS if f in lower), None)
             if field is None:
-                log.warning("%s: no --class-field and no %s field; every feature is class 1%s", path,
+                log.warning("%s: no %s and no %s field; every feature is class 1%s", path, arg("class_field"),
                             "/".join(CLASS_FIELDS),
-                            f" (fields: {', '.join(fields)}; choose one with --class-field)" if fields else "")
+                            f" (fields: {', '.join(fields)}; choose one with {arg('class_field')})" if fields else "")
         name_field = next((lower[f] for f in NAME_FIELDS if f in lower and lower[f] != field), None)
         columns = [f for f in (field, name_field) if f]
 
@@ -214,7 +214,7 @@ class VectorLabels:
                 if n is not None and str(n).strip() and int(v) not in self.names:
                     self.names[int(v)] = str(n).strip()
         if len(self.tree.query(shapely.box(*grid.bounds))) == 0:
-            raise LandcoverError(f"{path}: labels do not overlap the imagery (or the --extent); "
+            raise LandcoverError(f"{path}: labels do not overlap the imagery (or the {arg('extent')}); "
                                  "check both layers' CRS and extent")
 
     def _class_values(self, raw: np.ndarray, field: str) -> np.ndarray:
@@ -243,7 +243,7 @@ class VectorLabels:
                 values[i] = float(str(text).strip())
             except ValueError:
                 raise LandcoverError(f"{self.path}: field {field!r} holds {str(text)!r}, not a class value; "
-                                     "choose an integer field with --class-field") from None
+                                     f"choose an integer field with {arg('class_field')}") from None
         return values
 
     def read(self, window: Window) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 from rasterio.crs import CRS
 
 from ..classes import ClassInfo, classes_from_esri
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import atomic_output
 from .stats import ClassCounts, Moments
 
@@ -221,7 +221,7 @@ def read_export(out: Path) -> ExportMetadata:
     missing = [name for name in (STATS_JSON, MAP) if not (out / name).exists()]
     if missing:
         raise LandcoverError(f"{out}: holds an incomplete export (no {', '.join(missing)}); remove the folder or "
-                             "choose another --out")
+                             f"choose another {arg('out')}")
     try:
         stats = json.loads((out / STATS_JSON).read_text(encoding="utf-8"))
         emd = json.loads((out / EMD).read_text(encoding="utf-8")) if (out / EMD).exists() else {}

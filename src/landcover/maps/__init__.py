@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import check_output
 from .layers import read_classes, read_imagery
 
@@ -62,11 +62,11 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
     out = check_output(out, (".png", ".html", ".htm"), "map", inputs)
     fmt = out.suffix.lower().lstrip(".")
     if not 0.0 <= float(opacity) <= 1.0:
-        raise LandcoverError(f"--opacity {opacity}: must be between 0 and 1")
+        raise LandcoverError(f"{arg('opacity', opacity)}: must be between 0 and 1")
     if fmt == "png" and size is not None and (len(size) != 2 or min(size) < 100 or max(size) > 20000):
-        raise LandcoverError(f"--size {' '.join(map(str, size))}: give width and height between 100 and 20000 pixels")
+        raise LandcoverError(f"{arg('size', size)}: give width and height between 100 and 20000 pixels")
     if not 0 <= clip[0] < clip[1] <= 100:
-        raise LandcoverError(f"clip {clip}: percentiles must satisfy 0 <= low < high <= 100")
+        raise LandcoverError(f"{arg('clip', clip)}: percentiles must satisfy 0 <= low < high <= 100")
     title = title if title is not None else Path(classified).stem
     limit = int(max_size) if max_size else (max(size or (2000,)) if fmt == "png" else 2048)
     classes = read_classes(str(classified), limit)

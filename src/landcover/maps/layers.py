@@ -20,7 +20,7 @@ from rasterio.windows import Window, from_bounds
 
 from ..areas import check_class_values, check_classified, class_mask
 from ..classes import ClassInfo, generated_color, read_class_table
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..raster import Grid, open_imagery, open_raster
 
 
@@ -144,18 +144,19 @@ def read_imagery(paths, bands: list[int] | None, extent: Grid, max_size: int,
         name = ds.name if len(str(ds.name)) < 200 else "imagery"
         bands = list(bands) if bands else ([1, 2, 3] if ds.count >= 3 else [1])
         if len(bands) not in (1, 3):
-            raise LandcoverError(f"--bands {' '.join(map(str, bands))}: give one band (grey) or three (red green "
+            raise LandcoverError(f"{arg('bands', bands)}: give one band (grey) or three (red green "
                                  "blue)")
         bad = [b for b in bands if not 1 <= b <= ds.count]
         if bad:
-            raise LandcoverError(f"{name}: --bands {' '.join(map(str, bad))} out of range; the imagery has "
+            raise LandcoverError(f"{name}: {arg('bands', bands)}: band{'s' if len(bad) > 1 else ''} "
+                                 f"{' '.join(map(str, bad))} out of range; the imagery has "
                                  f"{ds.count} band(s), numbered from 1")
         grid = _imagery_grid(ds, extent, max_size)
         data, valid = read_onto(ds, bands, grid, Resampling.bilinear)
         if not valid.any():
             raise LandcoverError(f"{name}: the imagery has no pixels over the classified raster (they do not "
                                  "overlap, or it is all nodata there); give imagery of the same area, or leave out "
-                                 "--imagery")
+                                 f"{arg('imagery')}")
     stretched = percent_clip(data, valid, clip)
     rgb = np.repeat(stretched, 3, axis=0) if len(bands) == 1 else stretched
     return ImageryLayer(grid, np.moveaxis(rgb, 0, -1), valid, bands)

@@ -20,7 +20,7 @@ import torch
 
 from ..classes import ClassInfo
 from ..data.show import check_count, check_opacity
-from ..errors import LandcoverError
+from ..errors import LandcoverError, arg
 from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
 from ..raster import check_writable_dir
@@ -74,7 +74,7 @@ class UnetClassifier:
                                  f"UnetClassifier(prepare_data({str(data)!r}))")
         if isinstance(dice_loss_fraction, (bool, str)) or not isinstance(dice_loss_fraction, (int, float)) \
                 or not 0.0 <= float(dice_loss_fraction) <= 1.0:
-            raise LandcoverError(f"dice_loss_fraction={dice_loss_fraction}: give a fraction between 0 and 1")
+            raise LandcoverError(f"{arg('dice_loss_fraction', dice_loss_fraction)}: give a fraction between 0 and 1")
         self.data: ClassifiedTilesData | None = data
         self.classes: list[ClassInfo] = list(data.classes)
         self.backbone = backbone
@@ -89,8 +89,8 @@ class UnetClassifier:
         self.dice_loss_fraction = float(dice_loss_fraction)
         self.mixup = _check_flag("mixup", mixup)
         if self.mixup and data.batch_size < 2:
-            raise LandcoverError("mixup blends the chips of a batch with each other: give prepare_data(..., "
-                                 "batch_size=2) or more")
+            raise LandcoverError(f"{arg('mixup', True)} blends the chips of a batch with each other: prepare "
+                                 f"the data with {arg('batch_size', 2)} or more")
         self.dice_loss_average = _check_dice_average(dice_loss_average)
         self.ignore_classes = self._check_ignore(ignore_classes)
         self.net = UNet(len(self.band_names), len(self.classes) + 1, backbone)
@@ -123,13 +123,13 @@ class UnetClassifier:
         known = [c.value for c in self.classes]
         for v in values:
             if v not in known:
-                raise LandcoverError(f"ignore_classes: class {v} is not in the data (classes: "
+                raise LandcoverError(f"{arg('ignore_classes')}: class {v} is not in the data (classes: "
                                      f"{', '.join(map(str, known))})")
         if values and len(known) <= 2:
-            raise LandcoverError("ignore_classes needs more than two classes: with two, ignoring one leaves "
+            raise LandcoverError(f"{arg('ignore_classes')} needs more than two classes: with two, ignoring one leaves "
                                  "nothing to tell apart")
         if len(set(values)) >= len(known) - 1 and values:
-            raise LandcoverError("ignore_classes: at least two classes must remain to train on")
+            raise LandcoverError(f"{arg('ignore_classes')}: at least two classes must remain to train on")
         return sorted(set(values))
 
     @property
@@ -142,7 +142,7 @@ class UnetClassifier:
             pkg = load_package(text)
             if pkg.backbone != self.backbone:
                 raise LandcoverError(f"{text}: the model was trained with backbone {pkg.backbone}; use "
-                                     f"backbone={pkg.backbone!r} to start from it")
+                                     f"{arg('backbone', pkg.backbone)} to start from it")
             own = self.net.state_dict()
             use = {}
             for key, value in (pkg.state_dict or {}).items():
@@ -289,7 +289,7 @@ class UnetClassifier:
         except (TypeError, ValueError):
             raise LandcoverError(f"lr={lr!r}: give a number, slice(low, high) or None") from None
         if not value > 0:
-            raise LandcoverError(f"lr={lr}: the learning rate must be positive")
+            raise LandcoverError(f"{arg('lr', lr)}: the learning rate must be positive")
         return [value] * groups, f"{value:.4e}"
 
     @staticmethod
@@ -303,10 +303,10 @@ class UnetClassifier:
         Read as untrusted (tensors and plain values only; memory-mapped, so a large file is not read whole).
         """
         path = Path(resume)
-        fix = "give --resume the last.ckpt or a best-*.ckpt of a landcover train run"
+        fix = f"give {arg('resume')} the last.ckpt or a best-*.ckpt of a landcover train run"
         if path.suffix.lower() in (".emd", ".dlpk") or _is_package(path):
             raise LandcoverError(f"{path}: a model package, not a training checkpoint; to train on from it use "
-                                 f"pretrained_path='{path}', or {fix}")
+                                 f"{arg('pretrained_path', path)}, or {fix}")
         if not path.is_file():
             raise LandcoverError(f"{path}: checkpoint to resume from not found ({fix}, in "
                                  "<folder>/models/checkpoints/<date>_<time>/)")
@@ -327,12 +327,12 @@ class UnetClassifier:
                                                        and isinstance(optimizers[0], dict)) else None
         if not weights or not isinstance(groups, list) or not isinstance(ckpt.get("epoch"), int):
             raise LandcoverError(f"{path}: not a landcover training checkpoint (no U-Net training state: plain "
-                                 f"weights go to --pretrained); {fix}")
+                                 f"weights go to {arg('pretrained_path')}); {fix}")
         meta = ckpt.get("landcover") if isinstance(ckpt.get("landcover"), dict) else {}
         backbone = meta.get("backbone") or _backbone_of(weights)
         if backbone and backbone != self.backbone:
             raise LandcoverError(f"{path}: the checkpoint was trained with backbone {backbone}, this run uses "
-                                 f"{self.backbone}; resume with backbone={backbone!r}")
+                                 f"{self.backbone}; resume with {arg('backbone', backbone)}")
         ours = [c.value for c in self.classes]
         theirs = meta.get("classes")
         head = weights.get("head.weight")
@@ -341,7 +341,7 @@ class UnetClassifier:
             what = ", ".join(map(str, theirs)) if isinstance(theirs, list) else f"{n} classes"
             raise LandcoverError(f"{path}: the checkpoint was trained on classes {what}, the data has classes "
                                  f"{', '.join(map(str, ours))}; resume with the data it was trained on, or start a "
-                                 "new run from its model package (pretrained_path=PACKAGE)")
+                                 f"new run from its model package with {arg('pretrained_path')}")
         conv1 = weights.get("encoder.conv1.weight")
         if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != len(self.band_names):
             raise LandcoverError(f"{path}: the checkpoint takes {conv1.shape[1]} bands, the data has "
@@ -349,9 +349,8 @@ class UnetClassifier:
         bands = meta.get("extract_bands")
         if isinstance(bands, list) and bands != self.extract_bands:
             # Same count, other bands: the weights would meet bands they were not trained on.
-            raise LandcoverError(f"{path}: the checkpoint was trained on bands {bands} (0-based; --extract-bands "
-                                 f"{' '.join(str(int(b) + 1) for b in bands)}) of the chips, this run reads "
-                                 f"{self.extract_bands}; resume with extract_bands={bands}")
+            raise LandcoverError(f"{path}: the checkpoint was trained on bands {_bands(bands)} of the chips, this run "
+                                 f"reads {_bands(self.extract_bands)}; resume with {_extract_bands_arg(bands)}")
         own = self.net.state_dict()
         for key in sorted(set(own) | set(weights)):
             if key not in weights or key not in own or own[key].shape != weights[key].shape:
@@ -411,14 +410,14 @@ class UnetClassifier:
         data = self._need_data("fit")
         tensorboard = _check_flag("tensorboard", tensorboard)
         if monitor not in MONITORS:
-            raise LandcoverError(f"monitor={monitor!r}: choose one of {', '.join(MONITORS)}")
+            raise LandcoverError(f"{arg('monitor', monitor)}: choose one of {', '.join(MONITORS)}")
         if int(epochs) < 1:
-            raise LandcoverError(f"epochs={epochs}: train for at least one epoch")
+            raise LandcoverError(f"{arg('epochs', epochs)}: train for at least one epoch")
         resumed = self._check_resume(resume) if resume is not None else None
         if resumed is not None and int(epochs) <= resumed["epochs_done"]:
             done = resumed["epochs_done"]
             raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
-                                 f"epochs={done + 1} or more to train on")
+                                 f"{arg('epochs', done + 1)} or more to train on")
         if checkpoint and resume is None:
             _check_working_dir(Path(data.working_dir) / "models" / "checkpoints", data.working_dir, "checkpoints")
         logger = self._tensorboard_logger(data) if tensorboard else False
@@ -832,13 +831,26 @@ def _check_flag(name: str, value) -> bool:
     """A True/False argument; anything else (a string, a number) is one line naming the argument."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise LandcoverError(f"{name}={value!r}: give True or False")
+    raise LandcoverError(f"{arg(name, value)}: give True or False")
+
+
+def _bands(bands) -> str:
+    """Chip bands as the user counts them: 0-based in Python, from 1 on the command line (as GDAL)."""
+    if arg("extract_bands").startswith("--"):
+        return " ".join(str(int(b) + 1) for b in bands)
+    return f"{[int(b) for b in bands]} (0-based)"
+
+
+def _extract_bands_arg(bands) -> str:
+    """``extract_bands=[3, 0, 1]`` in Python, ``--extract-bands 4 1 2`` on the command line (counted from 1)."""
+    cli = arg("extract_bands").startswith("--")
+    return arg("extract_bands", [int(b) + 1 if cli else int(b) for b in bands])
 
 
 def _check_dice_average(value) -> str:
     if isinstance(value, str) and value in DICE_AVERAGES:
         return value
-    raise LandcoverError(f"dice_loss_average={value!r}: choose {' or '.join(repr(v) for v in DICE_AVERAGES)}")
+    raise LandcoverError(f"{arg('dice_loss_average', value)}: choose {' or '.join(repr(v) for v in DICE_AVERAGES)}")
 
 
 def _class_values(what: str, values, known: list[int]) -> list[int]:
@@ -896,9 +908,9 @@ def check_package_folder(folder: str | os.PathLike, overwrite: bool) -> None:
         return
     if not _is_package(folder):
         raise LandcoverError(f"{folder}: folder is not empty and holds no model package; choose another folder "
-                             "for the model package (--overwrite only replaces a model package)")
+                             f"for the model package ({arg('overwrite', True)} only replaces a model package)")
     if not overwrite:
-        raise LandcoverError(f"{folder}: already holds a model package; add --overwrite (overwrite=True) to "
+        raise LandcoverError(f"{folder}: already holds a model package; add {arg('overwrite', True)} to "
                              "replace it, or choose another folder")
 
 
