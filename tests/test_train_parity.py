@@ -564,8 +564,8 @@ def test_more_bad_training_input_is_one_line(data, tmp_path):
     cases = [
         (lambda: UnetClassifier(prepare_data(chips, batch_size=1, val_split_pct=0.25), backbone="resnet18",
                                 mixup=True), "batch_size=2"),
-        (lambda: UnetClassifier(data, backbone="resnet18", dice_loss_fraction="x"), "dice_loss_fraction=x"),
-        (lambda: prepare_data(chips, batch_size="eight"), "batch_size=eight"),
+        (lambda: UnetClassifier(data, backbone="resnet18", dice_loss_fraction="x"), "dice_loss_fraction='x'"),
+        (lambda: prepare_data(chips, batch_size="eight"), "batch_size='eight'"),
         (lambda: prepare_data(chips, batch_size=2, rgb_bands=[0, 1, 2, 3]), "4 indices, not 3"),
     ]
     for make, expected in cases:
