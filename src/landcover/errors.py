@@ -50,6 +50,11 @@ def cli_spelling() -> Iterator[None]:
         _CLI.reset(token)
 
 
+def on_command_line() -> bool:
+    """Whether messages are for the command line (within :func:`cli_spelling`), e.g. to count bands from 1."""
+    return _CLI.get()
+
+
 def arg(name: str, value: Any = _MISSING) -> str:
     """How a message names the API argument ``name`` (with ``value`` if given), as the user wrote it.
 

@@ -20,7 +20,7 @@ import torch
 
 from ..classes import ClassInfo
 from ..data.show import check_count, check_opacity
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, arg, on_command_line
 from ..model import BACKBONES, UNet, load_pretrained_encoder
 from ..package import ModelPackage, load_package, save_package
 from ..raster import check_writable_dir
@@ -836,15 +836,14 @@ def _check_flag(name: str, value) -> bool:
 
 def _bands(bands) -> str:
     """Chip bands as the user counts them: 0-based in Python, from 1 on the command line (as GDAL)."""
-    if arg("extract_bands").startswith("--"):
+    if on_command_line():
         return " ".join(str(int(b) + 1) for b in bands)
     return f"{[int(b) for b in bands]} (0-based)"
 
 
 def _extract_bands_arg(bands) -> str:
     """``extract_bands=[3, 0, 1]`` in Python, ``--extract-bands 4 1 2`` on the command line (counted from 1)."""
-    cli = arg("extract_bands").startswith("--")
-    return arg("extract_bands", [int(b) + 1 if cli else int(b) for b in bands])
+    return arg("extract_bands", [int(b) + 1 if on_command_line() else int(b) for b in bands])
 
 
 def _check_dice_average(value) -> str:
