@@ -181,6 +181,14 @@ def test_missing_reference_class_is_reported_not_fatal(tmp_path):
     assert doc["reference_classes_missing_from_prediction"] == [2, 5]
     per = {c["value"]: c for c in doc["per_class"]}
     assert per[2]["producers_accuracy"] == 0 and per[2]["users_accuracy"] is None  # never predicted: undefined
+    # -1 in an int16 label raster usually means "not labelled": the warning says how to leave it out
+    signed = ref.astype(np.int16)
+    signed[1, :3] = -1
+    r16 = write_raster(tmp_path / "r16.tif", signed)
+    with pytest.warns(UserWarning, match=r"missing from the prediction: -1, 2, 5 \(.*; if -1 means not labelled, "
+                                         r"give ignore_values=\[-1\]\)"):
+        evaluate(p, r16)
+    assert evaluate(p, r16, ignore_values=[-1, 2, 5]).overall_accuracy == 1.0
 
 
 def test_olofsson_paper_example():

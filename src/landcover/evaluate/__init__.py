@@ -207,8 +207,11 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         notes.append(f"map and reference name some class values differently ({renamed}); classes are compared by "
                      "value, so check that both use the same codes")
     if missing_pred:
+        # A negative value is rarely a class: label rasters often use -1 for "not labelled".
+        negative = [v for v in missing_pred if v < 0]
+        hint = f"; if {_listed(negative)} means not labelled, give {arg('ignore_values', negative)}" if negative else ""
         notes.append(f"reference classes missing from the prediction: {', '.join(map(str, missing_pred))} "
-                     "(their producer's accuracy and IoU are 0)")
+                     f"(their producer's accuracy and IoU are 0{hint})")
     report = AccuracyReport(
         prediction=pred_path, reference=ref_path, reference_kind=ref.kind, class_field=ref.class_field,
         classes=classes, matrix=matrix, overall_accuracy=m["overall_accuracy"], kappa=m["kappa"],
