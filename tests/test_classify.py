@@ -641,6 +641,8 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
     ({"model_arguments": {"threshold": "0.5"}}, "not an argument of landcover's U-Net"),
     ({"model_arguments": {"padding": "eight"}}, "give a whole number"),
     ({"model_arguments": {"padding": "16"}, "padding": 8}, "give it once"),
+    ({"model_arguments": {"batch_size": "4"}, "batch_size": 8}, "batch_size=8 and model_arguments['batch_size']=4"),
+    ({"model_arguments": {"predict_background": "False"}, "predict_background": True}, "give it once"),
     ({"context": {"processorType": "TPU"}}, "give 'CPU' or 'GPU'"),
     ({"context": {"outSR": 4326}}, "reproject the result"),
     ({"gis": object()}, "drop gis="),

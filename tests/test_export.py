@@ -617,6 +617,8 @@ def test_arcgis_learn_call_exports_what_the_plain_call_does(scene, tmp_path):
     ({"context": {"rotation": 90}}, "not a setting"),
     ({"gis": object()}, "drop gis="),
     ({"input_raster": "other.tif"}, "give it once"),
+    # given at its default, all_tiles=False still contradicts exportAllTiles
+    ({"all_tiles": False, "context": {"exportAllTiles": True}}, "all_tiles=False and context['exportAllTiles']=True"),
     ({"buffer_radius": "abc"}, "buffer_radius='abc': give a number"),
     ({"rotation_angle": 90}, "rotation_angle=90: not supported"),
     ({"tilesize": 128}, "unexpected keyword argument 'tilesize'"),

@@ -9,9 +9,12 @@ exactly which argument to change.
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import LandcoverError, arg
@@ -131,12 +134,40 @@ def grid_context(ctx: Mapping, given: Mapping) -> dict[str, Any]:
     return out
 
 
+_GIVEN: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("landcover_given_arguments",
+                                                                               default=None)
+
+
+def records_given_arguments(func: Callable) -> Callable:
+    """Decorate an API step so that :func:`merge` knows which arguments its call gave by name or position: one
+    given at its default value (``all_tiles=False``) still contradicts arcgis's form of it."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            names = frozenset(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:  # a wrong call: the step's own TypeError says what is wrong
+            names = None
+        token = _GIVEN.set(names)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _GIVEN.reset(token)
+
+    return wrapper
+
+
 def merge(name: str, given: Any, default: Any, arcgis_value: Any, arcgis_name: str) -> Any:
     """The value of one argument given in landcover's form (``given``, whose default is ``default``) and maybe
-    in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ."""
+    in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ. Within a step
+    decorated with :func:`records_given_arguments` the call says whether ``name`` was given; elsewhere a value
+    other than the default counts as given."""
     if arcgis_value is None:
         return given
-    if given is not None and not _same(given, default) and not _same(given, arcgis_value):
+    names = _GIVEN.get()
+    stated = name in names if names is not None else not _same(given, default)
+    if given is not None and stated and not _same(given, arcgis_value):
         raise LandcoverError(f"{name}={given!r} and {arcgis_name}={arcgis_value!r}: give it once")
     return arcgis_value
 

@@ -22,7 +22,15 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, whole
+from ..arcgis_keywords import (
+    check_seed_only,
+    flag,
+    grid_context,
+    merge,
+    read_context,
+    records_given_arguments,
+    whole,
+)
 from ..errors import LandcoverError, arg
 from ..raster import (
     GDAL_ENV,
@@ -67,6 +75,7 @@ class CellSizeWarning(UserWarning):
     """The imagery's cell size is far from the one the model was trained at (``landcover classify`` prints it)."""
 
 
+@records_given_arguments
 def classify_pixels(
     input_raster: str | os.PathLike | Sequence[str | os.PathLike],
     model: str | os.PathLike,

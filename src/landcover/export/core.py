@@ -26,7 +26,16 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ..arcgis_keywords import check_seed_only, flag, grid_context, merge, read_context, square_size, whole
+from ..arcgis_keywords import (
+    check_seed_only,
+    flag,
+    grid_context,
+    merge,
+    read_context,
+    records_given_arguments,
+    square_size,
+    whole,
+)
 from ..classes import ClassInfo, generated_color, load_classes_json
 from ..errors import LandcoverError, arg
 from ..raster import (
@@ -88,6 +97,7 @@ class ExportSummary:
                 f"{self.seconds:.1f} s, {self.mp_per_s:.1f} MP/s")
 
 
+@records_given_arguments
 def export_training_data(
     imagery: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     labels: str | os.PathLike | None = None,
