@@ -643,6 +643,7 @@ def test_arcgis_learn_call_classifies_like_the_plain_one(model_dir, raster, tmp_
     ({"model_arguments": {"padding": "16"}, "padding": 8}, "give it once"),
     ({"model_arguments": {"batch_size": "4"}, "batch_size": 8}, "batch_size=8 and model_arguments['batch_size']=4"),
     ({"model_arguments": {"predict_background": "False"}, "predict_background": True}, "give it once"),
+    ({"model_arguments": {"batch_size": "4"}, "context": {"batch_size": 8}}, "batch_size=4 and context['batch_size']=8"),
     ({"context": {"processorType": "TPU"}}, "give 'CPU' or 'GPU'"),
     ({"context": {"outSR": 4326}}, "reproject the result"),
     ({"gis": object()}, "drop gis="),

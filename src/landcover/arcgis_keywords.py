@@ -125,12 +125,12 @@ def grid_context(ctx: Mapping, given: Mapping) -> dict[str, Any]:
     those in ``given`` (the call's arguments)."""
     out = {}
     if "cellSize" in ctx:
-        out["cell_size"] = merge("cell_size", given["cell_size"], None, cell_size_value(ctx["cellSize"]),
+        out["cell_size"] = merge("cell_size", given["cell_size"], cell_size_value(ctx["cellSize"]),
                                  "context['cellSize']")
     if "extent" in ctx:
         bounds, crs = esri_extent(ctx["extent"])
-        out["extent"] = merge("extent", given["extent"], None, bounds, "context['extent']")
-        out["extent_crs"] = merge("extent_crs", given["extent_crs"], None, crs, "context['extent']")
+        out["extent"] = merge("extent", given["extent"], bounds, "context['extent']")
+        out["extent_crs"] = merge("extent_crs", given["extent_crs"], crs, "context['extent']")
     return out
 
 
@@ -158,15 +158,16 @@ def records_given_arguments(func: Callable) -> Callable:
     return wrapper
 
 
-def merge(name: str, given: Any, default: Any, arcgis_value: Any, arcgis_name: str) -> Any:
-    """The value of one argument given in landcover's form (``given``, whose default is ``default``) and maybe
-    in arcgis's (``arcgis_value``, None when absent); refused when both are given and differ. Within a step
-    decorated with :func:`records_given_arguments` the call says whether ``name`` was given; elsewhere a value
-    other than the default counts as given."""
+def merge(name: str, given: Any, arcgis_value: Any, arcgis_name: str, stated: bool | None = None) -> Any:
+    """The value of one argument given in landcover's form (``given``) and maybe in arcgis's (``arcgis_value``,
+    None when absent); refused when both are given and differ. Whether the call gave ``name`` comes from
+    :func:`records_given_arguments` (an argument given at its default value counts), or from ``stated`` when
+    ``given`` came from another arcgis form; outside a decorated step any value but None counts as given."""
     if arcgis_value is None:
         return given
-    names = _GIVEN.get()
-    stated = name in names if names is not None else not _same(given, default)
+    if stated is None:
+        names = _GIVEN.get()
+        stated = names is None or name in names
     if given is not None and stated and not _same(given, arcgis_value):
         raise LandcoverError(f"{name}={given!r} and {arcgis_name}={arcgis_value!r}: give it once")
     return arcgis_value

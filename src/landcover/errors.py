@@ -62,7 +62,7 @@ def arg(name: str, value: Any = _MISSING) -> str:
     ``--backend gpu``, ``--overwrite``, ``--no-predict-background`` (for ``predict_background=False``).
     Without a value, just the name: ``class_field`` or ``--class-field``.
     """
-    if not _CLI.get():
+    if not on_command_line():
         return name if value is _MISSING else f"{name}={_python(value)}"
     if isinstance(value, bool):
         if not value and name in CLI_NEGATIVE_FLAGS:

@@ -238,9 +238,6 @@ def classify_pixels(
 #: model_arguments of arcgis.learn's pixel classifiers that landcover honours, and how their strings are read
 MODEL_ARGUMENTS = {"padding": whole, "batch_size": whole, "predict_background": flag,
                    "test_time_augmentation": flag, "tile_size": whole}
-#: classify_pixels defaults of those arguments (a value given both ways must agree)
-_DEFAULTS = {"padding": None, "batch_size": 8, "predict_background": True, "test_time_augmentation": False,
-             "tile_size": None}
 
 
 def _arcgis_arguments(given: dict) -> dict:
@@ -260,7 +257,7 @@ def _arcgis_arguments(given: dict) -> dict:
     name = given["output_name"]
     if name is not None and Path(name).suffix.lower() not in (".tif", ".tiff"):
         name = f"{name}.tif"  # arcgis's output_name is a layer name: "kent.2019" is a name, not an extension
-    a["output"] = merge("output", given["output"], None, name, "output_name")
+    a["output"] = merge("output", given["output"], name, "output_name")
     if a["output"] is None:
         raise LandcoverError("classify_pixels: give the output file (output='classified.tif')")
     arguments = given["model_arguments"] or {}
@@ -270,12 +267,13 @@ def _arcgis_arguments(given: dict) -> dict:
         if key not in MODEL_ARGUMENTS:
             raise LandcoverError(f"model_arguments['{key}']: not an argument of landcover's U-Net (it takes "
                                  f"{', '.join(MODEL_ARGUMENTS)})")
-        a[key] = merge(key, given[key], _DEFAULTS[key], MODEL_ARGUMENTS[key](value, f"model_arguments['{key}']"),
+        a[key] = merge(key, given[key], MODEL_ARGUMENTS[key](value, f"model_arguments['{key}']"),
                        f"model_arguments['{key}']")
     ctx = read_context(given["context"], ("cellSize", "extent", "processorType", "batch_size"), "classify_pixels")
     if "batch_size" in ctx:  # where arcgis.learn's 2019 land-cover guide put it
-        a["batch_size"] = merge("batch_size", a["batch_size"], 8, whole(ctx["batch_size"], "context['batch_size']"),
-                                "context['batch_size']")
+        # a batch size from model_arguments counts as given, as one from the call does
+        a["batch_size"] = merge("batch_size", a["batch_size"], whole(ctx["batch_size"], "context['batch_size']"),
+                                "context['batch_size']", stated=True if "batch_size" in arguments else None)
     a.update(grid_context(ctx, given))
     if "processorType" in ctx:
         kind, said = str(ctx["processorType"]).strip().upper(), f"context['processorType']={ctx['processorType']!r}"

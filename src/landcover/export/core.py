@@ -233,20 +233,20 @@ def _arcgis_arguments(given: dict) -> dict:
     a = dict(given)
     for ours, theirs in (("imagery", "input_raster"), ("labels", "input_class_data"), ("out", "output_location"),
                          ("class_field", "classvalue_field")):
-        a[ours] = merge(ours, given[ours], None, given[theirs], theirs)
+        a[ours] = merge(ours, given[ours], given[theirs], theirs)
     for ours in ("imagery", "labels", "out"):
         if a[ours] is None:
             raise LandcoverError(f"export_training_data: give {ours}")
     a["tile_size"] = square_size(given["tile_size"], "tile_size")
-    a["stride"] = merge("stride", given["stride"], None, square_size(given["stride_size"], "stride_size"),
+    a["stride"] = merge("stride", given["stride"], square_size(given["stride_size"], "stride_size"),
                         "stride_size")
     ctx = read_context(given["context"], ("exportAllTiles", "startIndex", "cellSize", "extent"),
                        "export_training_data")
     if "exportAllTiles" in ctx:
-        a["all_tiles"] = merge("all_tiles", given["all_tiles"], False,
+        a["all_tiles"] = merge("all_tiles", given["all_tiles"],
                                flag(ctx["exportAllTiles"], "context['exportAllTiles']"), "context['exportAllTiles']")
     if "startIndex" in ctx:
-        a["start_index"] = merge("start_index", given["start_index"], None,
+        a["start_index"] = merge("start_index", given["start_index"],
                                  whole(ctx["startIndex"], "context['startIndex']"), "context['startIndex']")
     a.update(grid_context(ctx, given))
     return a
