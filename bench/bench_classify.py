@@ -244,6 +244,7 @@ def floor_costs(raster: Path, model: Path, classes: Path, plan, work: Path) -> d
     import rasterio.shutil
     from rasterio.enums import Resampling
 
+    from landcover.classify.writer import _overview_factors
     from landcover.package import load_package
     from landcover.raster import GDAL_ENV, Grid, GridReader, open_imagery
 
@@ -270,8 +271,7 @@ def floor_costs(raster: Path, model: Path, classes: Path, plan, work: Path) -> d
                              COMPRESS="NONE")
         t0 = time.perf_counter()
         with rasterio.Env(COMPRESS_OVERVIEW="NONE"), rasterio.open(raw, "r+") as dst:
-            factors = [2 ** k for k in range(1, 16) if max(dst.width, dst.height) / 2 ** (k - 1) > 512]
-            dst.build_overviews(factors, Resampling.nearest)
+            dst.build_overviews(_overview_factors(dst.width, dst.height), Resampling.nearest)  # as ours
         rasterio.shutil.copy(str(raw), str(cog), driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=512,
                              OVERVIEWS="FORCE_USE_EXISTING", NUM_THREADS="ALL_CPUS")
         cog_s = time.perf_counter() - t0
