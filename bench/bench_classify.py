@@ -255,17 +255,15 @@ def floor_costs(raster: Path, model: Path, classes: Path, plan, work: Path) -> d
         starts.append(time.perf_counter() - t0)
     pkg = load_package(model)
     with rasterio.Env(**GDAL_ENV):
-        ds = open_imagery([str(raster)])
-        grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
-        reader = GridReader(ds, grid, indexes=[b + 1 for b in pkg.extract_bands], within=grid, beyond=True)
-        cpu0 = time.process_time()
-        for r in range(len(plan.rows.starts)):
-            for c in range(len(plan.cols.starts)):
-                row, col, h, w = plan.tile_window(r, c)
-                data, valid = reader.read(Window(col, row, w, h))
-                pkg.normalize(data)
-        read_cpu = time.process_time() - cpu0
-        ds.close()
+        with open_imagery([str(raster)]) as ds, \
+                GridReader(ds, Grid.of(ds), indexes=[b + 1 for b in pkg.extract_bands]) as reader:
+            cpu0 = time.process_time()
+            for r in range(plan.rows.count):
+                for c in range(plan.cols.count):
+                    row, col, h, w = plan.tile_window(r, c)
+                    data, valid = reader.read(Window(col, row, w, h))
+                    pkg.normalize(data)
+            read_cpu = time.process_time() - cpu0
         raw, cog = work / "floor-raw.tif", work / "floor-cog.tif"
         rasterio.shutil.copy(str(classes), str(raw), driver="GTiff", TILED=True, BLOCKXSIZE=512, BLOCKYSIZE=512,
                              COMPRESS="NONE")
