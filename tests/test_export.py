@@ -425,7 +425,8 @@ def bad(scene, tmp_path_factory) -> dict:
                       [np.array([2.5])], ["value"], crs=UTM, geometry_type="Polygon", driver="GPKG")
     return {
         "b1": write_raster(d / "b1.tif", img[0], crs=UTM, transform=t, nodata=0),
-        "b2_shifted": write_raster(d / "b2.tif", img[1], crs=UTM, transform=from_origin(ORIGIN[0] + 5, ORIGIN[1], 1, 1)),
+        # band files may differ in grid (they are stacked on the finest), not in CRS
+        "b2_other_crs": write_raster(d / "b2.tif", img[1], crs="EPSG:32619", transform=t),
         "far_labels": write_raster(d / "far.tif", np.ones((10, 10), "uint8"), crs=UTM,
                                    transform=from_origin(100000, 100000, 1, 1)),
         "float_labels": write_raster(d / "float.tif", lab, crs=UTM, transform=t),
@@ -441,7 +442,7 @@ def _bad_cases(scene, bad):
         ("missing imagery", ["--imagery", "nope.tif", "--labels", lab], "nope.tif"),
         ("unreadable imagery", ["--imagery", bad["broken"], "--labels", lab], "broken.tif"),
         ("missing labels", ["--imagery", img, "--labels", "missing.gpkg"], "missing.gpkg"),
-        ("band files on different grids", ["--imagery", bad["b1"], bad["b2_shifted"], "--labels", lab], "b2.tif"),
+        ("band files on different CRSs", ["--imagery", bad["b1"], bad["b2_other_crs"], "--labels", lab], "b2.tif"),
         ("labels outside the imagery", ["--imagery", img, "--labels", bad["far_labels"]], "far.tif"),
         ("labels outside the extent", ["--imagery", img, "--labels", poly, "--extent", ORIGIN[0] + 285,
                                        ORIGIN[1] - 20, ORIGIN[0] + 300, ORIGIN[1]], "polygons.gpkg"),

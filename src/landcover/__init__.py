@@ -28,6 +28,8 @@ _LAZY = {
     "class_areas": "areas",
     "render_map": "maps",
     "make_scene": "demo.scene",
+    "mosaic": "sources",
+    "stac_item": "sources",
 }
 
 # `evaluate` and `vectorize` share their module's name. Python binds a submodule on its package when it is first

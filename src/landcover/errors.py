@@ -27,6 +27,10 @@ class LandcoverError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class NetworkError(LandcoverError):
+    """Reading imagery over the network failed part-way (a command that keeps finished work can resume)."""
+
+
 _CLI = contextvars.ContextVar("landcover_cli_spelling", default=False)
 
 #: API arguments whose command-line flag is not their name with dashes

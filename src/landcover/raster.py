@@ -30,13 +30,51 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from .errors import LandcoverError, arg
+from .errors import LandcoverError, NetworkError, arg
 
 #: GDAL settings for windowed work: a 128 MiB block cache, which holds the block rows that overlapping windows
 #: share (rasterio takes GDAL_CACHEMAX in bytes: a value of 512 gives a 512-byte cache, and then every
 #: overlapping read decodes its blocks again, twice the decode time for classify's tiles), and no sidecar
 #: listing of every file in the folder.
-GDAL_ENV = {"GDAL_CACHEMAX": 128 * 2**20, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "ALL_CPUS"}
+#: GDAL's virtual file systems that read over the network
+VSI_NETWORK = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsioss/", "/vsiswift/", "/vsiadls/")
+#: seconds a server may take to accept a connection or to send its next byte before a read gives up on it
+TIMEOUT_S = 5
+
+#: GDAL settings for reading COGs over HTTP and from object stores; merged into GDAL_ENV. Measured on
+#: a loopback server with 30 ms added per request (``bench/bench_remote.py``, tests/http_server.py; see landcover.sources.remote):
+REMOTE_GDAL_ENV: dict[str, str] = {
+    # No sidecar probes: without it GDAL sends ~10 requests for .aux.xml, .ovr, .msk, ... at every open, each a
+    # round trip that 404s (26 requests and 5.8 s for a windowed read, against 16 and 2.9 s).
+    # CPL_VSIL_CURL_ALLOWED_EXTENSIONS is left unset: with EMPTY_DIR it saved no request, and a URL whose
+    # extension is not listed (.dat, .cog, .geotiff) then fails as "does not exist" without a request sent.
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    # Adjacent tiles in one request; parallel range requests multiplexed on one HTTP/2 connection. "2TLS" asks
+    # for HTTP/2 where servers offer it (https: S3, GCS, CDNs); "2" would also send h2c upgrade headers on plain
+    # http, which some proxies refuse.
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2TLS",
+    # Fetched bytes kept per open file (bounded: a band stack opens one handle per band file, per worker).
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(32 * 2**20),
+    # Fail fast on a server that is down or hangs: connecting, and any stretch of TIMEOUT_S seconds with no byte
+    # received. GDAL_HTTP_TIMEOUT bounds a whole request (curl's CURLOPT_TIMEOUT), so it must leave room for a
+    # merged range of several MB on a slow link; the stall limit is what catches a silent server.
+    "GDAL_HTTP_CONNECTTIMEOUT": str(TIMEOUT_S),
+    "GDAL_HTTP_LOW_SPEED_TIME": str(TIMEOUT_S),
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+    "GDAL_HTTP_TIMEOUT": "120",
+    # A few quick retries of 429/5xx answers (object stores throttle with 503); GDAL doubles the delay each time.
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+}
+
+
+#: GDAL_ENV's CPL_LOG: GDAL's default error handler (threads where rasterio installed none, e.g. GDAL's own
+#: worker threads and our reader threads) writes there instead of stderr; rasterio still raises the errors.
+GDAL_ENV = {"CPL_LOG": os.devnull, "GDAL_CACHEMAX": 128 * 2**20, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "ALL_CPUS",
+            **{k: v for k, v in REMOTE_GDAL_ENV.items() if k != "GDAL_DISABLE_READDIR_ON_OPEN"}}
 
 
 def open_raster(path: str | os.PathLike, what: str = "raster"):
@@ -60,15 +98,20 @@ def require_crs(ds, name: str) -> None:
 
 
 @contextlib.contextmanager
-def pixel_errors(name: str) -> Iterator[None]:
+def pixel_errors(name: str, remote: bool = False) -> Iterator[None]:
     """Reading pixels of ``name``: GDAL's read errors (a truncated or corrupt file, whose header opens but whose
-    pixels do not) become one line naming the file."""
+    pixels do not; ``remote``: a network that failed) become one line naming the file."""
     try:
         yield
     except (RasterioIOError, CPLE_BaseError) as exc:
         # GDAL's own words are in the cause ("IReadBlock failed at X offset 0, Y offset 12"); rasterio's say
         # "see previous exception".
         why = str(exc.__cause__ or exc).splitlines()[0]
+        if remote:
+            # A connection cut mid-read says "IReadBlock failed": the network failed, not the file. (Reader
+            # threads do not see the command line's spelling: classify adds how to resume.)
+            raise NetworkError(f"{name}: reading its pixels over the network failed ({why}); check your "
+                               "network and run again") from None
         raise LandcoverError(f"{name}: cannot read its pixels ({why}); the file may be truncated or corrupt "
                              "(check it with gdalinfo -checksum)") from None
 
@@ -151,7 +194,7 @@ def target_grid(
     if extent is None:
         return base
     left, bottom, right, top = source.bounds
-    xmin, ymin, xmax, ymax = (float(v) for v in extent)
+    xmin, ymin, xmax, ymax = _four_numbers(extent)
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         raise LandcoverError(f"{arg('extent', (xmin, ymin, xmax, ymax))}: give four finite numbers")
     if xmin >= xmax or ymin >= ymax:
@@ -178,6 +221,19 @@ def target_grid(
     c1, r1 = max(c1, c0 + 1), max(r1, r0 + 1)
     win = Window(c0, r0, c1 - c0, r1 - r0)
     return Grid(source.crs, base.window_transform(win), int(win.width), int(win.height))
+
+
+def _four_numbers(extent) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) from what the user gave, or a one-line error naming it."""
+    try:
+        if isinstance(extent, (str, bytes, dict)):
+            raise TypeError
+        values = tuple(float(v) for v in extent)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4:
+        raise LandcoverError(f"{arg('extent', extent)}: give four numbers, xmin ymin xmax ymax")
+    return values
 
 
 def whole_grid(source: Grid, cell_size: float | Sequence[float] | None = None, name: str = "imagery") -> Grid:
@@ -237,6 +293,9 @@ class GridReader:
             limit = None if beyond else (row, col, row + grid.height, col + grid.width)
             grid = within
         self.ds, self.grid = ds, grid
+        # How read errors name the imagery: its file or URL (a stacked VRT's XML is no name).
+        self.name = ds.name if not ds.name.lstrip().startswith("<") else "imagery"
+        self.remote = any(v in ds.name for v in VSI_NETWORK)
         self.indexes = list(indexes) if indexes is not None else list(range(1, ds.count + 1))
         self.offset = _aligned_offset(Grid.of(ds), grid)
         # The part of the grid the source covers, (row0, col0, row1, col1): all of it through a WarpedVRT.
@@ -255,7 +314,13 @@ class GridReader:
                 kw.update(src_nodata=ds.nodata, nodata=ds.nodata)
             self._vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
                                   height=grid.height, resampling=resampling, **kw)
+        # Stacked band files: a pixel is nodata where any band is (their VRT says so; see landcover.sources).
+        self.every_band = ds.tags().get("LANDCOVER_NODATA") == "any_band"
         self._mask_band = _mask_from_data(ds, self.indexes) if self._vrt is None else None
+        if alpha_read_as_data(ds, self.indexes) is not None:
+            # GDAL's dataset mask would come from that band: its zeros (NIR 0 over water) would become holes.
+            # Nodata decides instead (any band read not nodata), or, without a nodata value, nothing does.
+            self._mask_band = -1 if _nodata_comparable(ds) else NO_MASK
 
     @property
     def source(self):
@@ -283,7 +348,7 @@ class GridReader:
         if self.shift != (0, 0):
             row, col = self.shift
             window = Window(window.col_off + col, window.row_off + row, window.width, window.height)
-        with pixel_errors(self.ds.name if not self.ds.name.lstrip().startswith("<") else "imagery"):
+        with pixel_errors(self.name, self.remote):
             return self._read(window, fill, masked)
 
     def _read(self, window: Window, fill: float, masked: bool):
@@ -309,7 +374,11 @@ class GridReader:
         if not masked:
             valid[sl] = True
             return data, valid
-        if self._mask_band is not None:
+        if self.every_band:
+            m = every_band_valid(block, self.source.nodata)
+        elif self._mask_band == NO_MASK:
+            m = np.ones(block.shape[1:], bool)
+        elif self._mask_band is not None:
             # The mask follows from the pixels just read: no second read (and decode) of the window.
             m = _nodata_mask(block, self.ds.nodata, self._mask_band)
         else:
@@ -322,6 +391,39 @@ class GridReader:
         if not m.all():
             data[(slice(None), *sl)][:, ~m] = fill
         return data, valid
+
+
+#: GridReader's mask rule for "every pixel the source covers is valid"
+NO_MASK = -2
+
+
+def alpha_read_as_data(ds, indexes: list[int]) -> int | None:
+    """The 1-based band that GDAL tags as alpha but that is read as data (``indexes``), else None.
+
+    rasterio writes 4-band uint8 rasters as RGBA unless told ``photometric``: NAIP's near-infrared band is then
+    "alpha" to GDAL. Which bands are data is for the model package to say, not the colour interpretation.
+    """
+    alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == rasterio.enums.ColorInterp.alpha]
+    return next((b for b in alpha if b in indexes), None)
+
+
+def _nodata_comparable(ds) -> bool:
+    """Whether validity can follow from comparing pixels with the nodata value (integers, one value)."""
+    return (np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) and ds.nodata is not None
+            and len(set(ds.nodatavals)) == 1)
+
+
+def every_band_valid(block: np.ndarray, nodata) -> np.ndarray:
+    """Valid where no band is nodata (or NaN)."""
+    if block.dtype.kind == "f":
+        bad = np.isnan(block).any(axis=0)
+        if nodata is not None and not math.isnan(nodata):
+            bad |= (block == block.dtype.type(nodata)).any(axis=0)
+        return ~bad
+    info = np.iinfo(block.dtype)
+    if nodata is None or not info.min <= nodata <= info.max:
+        return np.ones(block.shape[1:], bool)
+    return ~(block == block.dtype.type(nodata)).any(axis=0)
 
 
 def _mask_from_data(ds, indexes: list[int]) -> int | None:
@@ -361,61 +463,6 @@ def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return int(round(col)), int(round(row))
-
-
-def open_imagery(paths: Sequence[str | os.PathLike], argument: str = "imagery"):
-    """Open imagery: one multi-band raster (or VRT), or several rasters whose bands are stacked in the given
-    order (every band of each file: e.g. an RGB file then a NIR file make bands 1-4).
-
-    The files must share CRS, transform and size; they are stacked through a VRT held in memory, so nothing
-    is copied. Returns an open rasterio dataset. ``argument``: the API argument that gave the paths (messages).
-    """
-    paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
-    if not paths:
-        raise LandcoverError(f"{arg(argument)}: give at least one raster")
-    if len(paths) == 1:
-        return open_raster(paths[0], "imagery")
-    sets = [open_raster(p, "imagery") for p in paths]
-    try:
-        first = sets[0]
-        for p, ds in zip(paths[1:], sets[1:], strict=True):
-            if (ds.crs, ds.transform, ds.width, ds.height) != (first.crs, first.transform, first.width, first.height):
-                raise LandcoverError(
-                    f"{p}: band file is not on the grid of {paths[0]} (CRS, transform and size must match); "
-                    "resample it first, e.g. gdalwarp -tap -tr"
-                )
-            if ds.dtypes[0] != first.dtypes[0]:
-                raise LandcoverError(f"{p}: band file is {ds.dtypes[0]} but {paths[0]} is {first.dtypes[0]}")
-        xml = _stack_vrt(paths, sets)
-    finally:
-        for ds in sets:
-            ds.close()
-    return rasterio.open(xml)
-
-
-def _stack_vrt(paths, sets) -> str:
-    from xml.sax.saxutils import escape
-
-    first = sets[0]
-    gdal_dtype = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-                  "float32": "Float32", "float64": "Float64", "int8": "Int8"}[first.dtypes[0]]
-    bands = []
-    n = 0
-    for p, ds in zip(paths, sets, strict=True):
-        for b in range(1, ds.count + 1):
-            n += 1
-            nd = ds.nodatavals[b - 1]
-            nd_xml = f"<NoDataValue>{nd!r}</NoDataValue>" if nd is not None else ""
-            bands.append(
-                f'<VRTRasterBand dataType="{gdal_dtype}" band="{n}">{nd_xml}'
-                f'<Description>{escape(Path(p).stem)}</Description>'
-                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(os.path.abspath(p))}</SourceFilename>'
-                f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
-            )
-    gt = ", ".join(repr(v) for v in first.transform.to_gdal())
-    srs = escape(first.crs.to_wkt()) if first.crs else ""
-    return (f'<VRTDataset rasterXSize="{first.width}" rasterYSize="{first.height}"><SRS>{srs}</SRS>'
-            f"<GeoTransform>{gt}</GeoTransform>{''.join(bands)}</VRTDataset>")
 
 
 def iter_windows(width: int, height: int, size: int, stride: int | None = None) -> Iterator[Window]:

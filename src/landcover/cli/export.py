@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._imagery import IMAGERY_EPILOG, add_imagery_arguments, imagery_spec
+
 EPILOG = """\
 Chips follow the imagery grid (or the grid --extent/--cell-size make of it, in the imagery CRS). The last row
 and column of chips are shifted inward to end at the grid edge; a grid smaller than one tile gives one chip
@@ -25,11 +27,9 @@ def register(sub) -> None:
         "export", help="export training chips (Classified Tiles)",
         description="Export training chips and labels in ArcGIS's Classified Tiles layout:\nimages/, labels/, "
         "map.txt, stats.txt, esri_accumulated_stats.json and esri_model_definition.emd.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG + IMAGERY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--imagery", nargs="+", required=True, metavar="IMG",
-                   help="one raster or VRT, or several rasters on one grid whose bands are stacked in this order "
-                   "(e.g. rgb.tif nir.tif)")
+    add_imagery_arguments(p)
     p.add_argument("--labels", required=True,
                    help="classified raster (values 1..255, 0 = no data) or polygons (GeoPackage, Shapefile, "
                    "GeoJSON)")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_training_data
 
     summary = export_training_data(
-        args.imagery, args.labels, args.out, class_field=args.class_field, buffer_radius=args.buffer_radius,
+        imagery_spec(args), args.labels, args.out, bands=args.bands, class_field=args.class_field, buffer_radius=args.buffer_radius,
         classes=args.classes, tile_size=args.tile_size, stride=args.stride, chip_format=args.format,
         cell_size=args.cell_size, extent=args.extent, extent_crs=args.extent_crs, all_tiles=args.all_tiles,
         start_index=args.start_index, resampling=args.resampling, workers=args.workers, progress=not args.quiet,

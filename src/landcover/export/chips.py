@@ -8,6 +8,7 @@ with JPEG image chips they are written as PNG.
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -138,5 +139,12 @@ class ChipWriter:
         with rasterio.open(path, "w", driver=driver, width=w, height=h, count=count, dtype=dtype, crs=self._wkt,
                            transform=transform, nodata=nodata, **opts) as ds:
             ds.write(data)
+        if driver == "GTiff":
+            # GDAL does not raise when libtiff's writes fail (a full disk, a file-size limit): the chip is then
+            # shorter than its uncompressed pixels, and the export must stop instead of reporting success.
+            size = path.stat().st_size
+            if size < h * w * count * np.dtype(dtype).itemsize:
+                # an OSError: the CLI names the cause from GDAL's messages (full disk, file-size limit)
+                raise OSError(errno.EIO, f"chip written incomplete ({size} bytes): the disk may be full", str(path))
         if path.suffix in WORLD_FILE_EXT:
             path.with_suffix(WORLD_FILE_EXT[path.suffix]).write_text(world_file_text(transform))

@@ -43,12 +43,13 @@ from ..raster import (
     Grid,
     GridReader,
     check_writable_dir,
+    every_band_valid,
     iter_windows,
-    open_imagery,
     require_crs,
     target_grid,
     whole_grid,
 )
+from ..sources import resolve
 from .chips import ESRI_FORMAT_NAMES, FORMAT_ALIASES, FORMATS, ChipWriter, chip_paths
 from .labels import open_labels
 from .metadata import ExportMetadata, cell_size_entry, chip_indices, holds_export, read_export
@@ -118,6 +119,7 @@ def export_training_data(
     workers: int | None = None,
     progress: bool = True,
     metadata_format: str | None = None,
+    bands: Sequence[str] | None = None,
     input_raster: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     input_class_data: str | os.PathLike | None = None,
     output_location: str | os.PathLike | None = None,
@@ -129,8 +131,10 @@ def export_training_data(
     """Export training chips in ArcGIS's Classified Tiles layout (``images/``, ``labels/``, metadata).
 
     Args:
-        imagery: one raster (any band count and dtype, or a VRT), or single-band rasters on one grid stacked in
-            the given order.
+        imagery: one raster (any band count and dtype, a VRT, or a URL: ``https://``, ``s3://``, ``gs://``),
+            band files stacked in the given order (they may differ in type, nodata and resolution: see
+            :mod:`landcover.sources`), :func:`landcover.mosaic` of scene tiles, or a STAC Item (its JSON's path
+            or URL, or :func:`landcover.stac_item`).
         labels: a classified raster (class values 1..255, 0 and its nodata = no data; any CRS and resolution,
             resampled with nearest neighbour) or a vector layer (GeoPackage, Shapefile, GeoJSON...).
         out: output folder.
@@ -153,6 +157,7 @@ def export_training_data(
         workers: chip-writing threads (default: up to 4). progress: show a progress bar on stderr.
         metadata_format: ArcGIS's metadata format keyword: None or ``"Classified_Tiles"`` (any case), the one
             format written (pixel classification); any other is refused.
+        bands: a STAC Item's bands, by asset key or ``eo:bands`` common name (``["red", "green", "blue"]``).
 
     arcgis.learn's spellings are accepted as well, so its notebooks run unchanged: ``input_raster``,
     ``input_class_data``, ``output_location``, ``classvalue_field``, ``stride_size``, ``tile_size`` and
@@ -197,10 +202,11 @@ def export_training_data(
     previous = _previous_export(out, start_index)
     first = int(start_index) if start_index is not None else 0
     with rasterio.Env(**GDAL_ENV):
-        img = open_imagery(imagery)
+        source = resolve(imagery, "imagery", bands)
+        img = source.open()
         lab = None
         try:
-            name = str(imagery if isinstance(imagery, (str, os.PathLike)) else list(imagery)[0])
+            name = source.name
             _check_imagery(img, name, fmt)
             grid = target_grid(Grid.of(img), extent, extent_crs, cell_size)
             lab = open_labels(labels, grid, class_field, radius)
@@ -213,9 +219,10 @@ def export_training_data(
             created = not out.exists()
             check_writable_dir(out)
             within = whole_grid(Grid.of(img), cell_size)
+            _check_tile_fits(tile, grid, img)
             return _run(img, lab, grid, within, out, created, previous, user_classes, tile=tile, step=step, fmt=fmt,
                         first=first, all_tiles=all_tiles, resample=resample, workers=workers,
-                        progress=progress, t0=t0)
+                        progress=progress, t0=t0, name=name, extent_given=extent is not None)
         finally:
             if lab is not None:
                 lab.close()
@@ -283,6 +290,25 @@ def _check_tiling(tile_size, stride) -> tuple[int, int]:
         raise LandcoverError(f"{arg('stride', stride)}: must not exceed {arg('tile_size', tile)} (pixels would be "
                              "skipped)")
     return tile, step
+
+
+#: the most memory one imagery chip may take (a block of chips is read at once, and chips are written in threads)
+MAX_CHIP_BYTES = 256 * 2**20
+
+
+def _check_tile_fits(tile: int, grid: Grid, img) -> None:
+    """A tile larger than the raster only pads it with nodata; one whose chips cannot be held in memory cannot be
+    exported at all. Both are refused in one line with the largest size that works."""
+    side = max(grid.width, grid.height)
+    if tile > side and tile > 256:
+        raise LandcoverError(f"{arg('tile_size', tile)}: larger than the imagery's {grid.width} x {grid.height} px "
+                             f"grid (chips would be mostly padding); give at most {arg('tile_size', side)}")
+    per_pixel = img.count * np.dtype(img.dtypes[0]).itemsize
+    if tile * tile * per_pixel > MAX_CHIP_BYTES:
+        most = int(math.sqrt(MAX_CHIP_BYTES / per_pixel))
+        raise LandcoverError(f"{arg('tile_size', tile)}: a chip of {img.count} band(s) would take "
+                             f"{tile * tile * per_pixel / 2**30:.1f} GiB of memory; give at most "
+                             f"{arg('tile_size', most)}")
 
 
 def _user_classes(classes) -> dict[int, ClassInfo]:
@@ -380,7 +406,12 @@ class _ImageryReader:
         """``(data, valid)`` for ``window``; ``valid`` is None when every pixel is valid."""
         data, valid = self.reader.read(window, fill=self.fill, masked=self.use_mask)
         if self.nodata is not None:
-            if isinstance(self.nodata, float) and math.isnan(self.nodata):
+            if self.reader.every_band:
+                # Stacked band files: nodata where any band is. Such pixels are written nodata in every band,
+                # so the chips read back (GDAL's rule: every band nodata) with the same mask.
+                has_data = every_band_valid(data, self.nodata)
+                data[:, ~has_data] = self.nodata
+            elif isinstance(self.nodata, float) and math.isnan(self.nodata):
                 has_data = ~np.isnan(data).all(axis=0)
             else:
                 has_data = (data != self.nodata).any(axis=0)
@@ -395,7 +426,8 @@ class _ImageryReader:
 
 def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous: ExportMetadata | None,
          user_classes: dict[int, ClassInfo], *, tile: int, step: int, fmt: str, first: int, all_tiles: bool,
-         resample: Resampling, workers: int | None, progress: bool, t0: float) -> ExportSummary:
+         resample: Resampling, workers: int | None, progress: bool, t0: float, name: str = "imagery",
+         extent_given: bool = False) -> ExportSummary:
     from tqdm import tqdm
 
     # Chip offsets along each axis (one row and one column of iter_windows: no list of every window).
@@ -415,6 +447,7 @@ def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous:
     index = first
     bar = tqdm(total=n_windows, unit="chip", file=sys.stderr, disable=not progress, dynamic_ncols=True,
                desc="export")
+    imagery_seen = False  # whether any imagery pixel of the area is valid
     try:
         done = 0
         for rg in row_groups:
@@ -422,6 +455,7 @@ def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous:
                 r0, c0 = rg[0], cg[0]
                 block = Window(c0, r0, cg[-1] + tile - c0, rg[-1] + tile - r0)
                 data, valid = reader.read(block)
+                imagery_seen = imagery_seen or valid is None or bool(valid.any())
                 labels = lab.read(block)
                 if valid is not None:
                     labels[~valid] = 0  # no label where there is no imagery
@@ -446,6 +480,10 @@ def _run(img, lab, grid: Grid, within: Grid, out: Path, created: bool, previous:
                                 refresh=False)
         writer.close()
         bar.close()
+        if not imagery_seen:
+            nd = "" if img.nodata is None else f" {img.nodata:g}"
+            raise LandcoverError(f"{name}: every imagery pixel of the export's area is nodata{nd}; check the "
+                                 f"imagery's nodata value (gdalinfo -stats){' and the ' + arg('extent') if extent_given else ''}")
         if index == first:
             raise LandcoverError(f"{lab.path}: no chip holds labelled pixels inside the imagery's valid area"
                                  + ("" if all_tiles else f" (use {arg('all_tiles', True)} to export unlabelled chips)"))

@@ -20,6 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from ..areas import check_class_values, class_mask
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError, arg
 from ..raster import Grid, GridReader, open_raster
@@ -35,6 +36,8 @@ NAME_FIELDS = ("classname", "class_name", "name")
 #: reprojection along each requested window, so nearest-neighbour labels would depend on how the grid is cut into
 #: windows; an exact transform makes every chip equal a read of the labels on the grid, whatever the window.
 EXACT_TOLERANCE = 1e-9
+#: Largest class a label chip holds (uint8; 0 is no data).
+CHIP_MAX_CLASS = 255
 
 
 def open_labels(path: str | os.PathLike, grid: Grid, class_field: str | None = None,
@@ -62,6 +65,25 @@ def _check_overlap(path: str, grid: Grid, bounds: tuple[float, float, float, flo
                              "check both layers' CRS and extent")
 
 
+def label_values(data: np.ndarray, nodata: float | None, path: str, what: str = "label value") -> np.ndarray:
+    """Class values of any numeric dtype as chip values (uint8, 0 = no data).
+
+    0, ``nodata`` (NaN included) and non-finite floats are no data. Whole values 1..255 are classes whatever the
+    dtype (float32 with -99999 nodata, int16 with -32768, ...); a non-whole value is refused with the same check
+    as evaluate's reference (:func:`~landcover.areas.check_class_values`), and a value chips cannot hold is
+    refused rather than wrapped around into another class.
+    """
+    valid = class_mask(data, nodata)
+    check_class_values(data, valid, path, what)
+    if data.dtype != np.uint8:
+        out = valid & ((data < 0) | (data > CHIP_MAX_CLASS))
+        if out.any():
+            raise LandcoverError(f"{path}: {what} {data[out][0]:g} is outside 0..{CHIP_MAX_CLASS} (label chips are "
+                                 f"8-bit); reclassify to classes 1..{CHIP_MAX_CLASS} or set it as the raster's "
+                                 "nodata")
+    return np.where(valid, data, 0).astype(np.uint8)
+
+
 class RasterLabels:
     """A classified raster: integer values 1..255 are classes; 0 and the raster's nodata are no data."""
 
@@ -76,9 +98,8 @@ class RasterLabels:
                 raise LandcoverError(f"{path}: labels have no CRS; assign one (gdal_edit -a_srs EPSG:...)")
             dtype = np.dtype(self.ds.dtypes[0])
             if dtype.kind not in "uif":
-                raise LandcoverError(f"{path}: labels are {dtype}; class values must be integers 1..255")
-            self.is_float = dtype.kind == "f"
-            self.check_range = dtype != np.uint8
+                raise LandcoverError(f"{path}: labels are {dtype}; class values must be integers 1..255 "
+                                     "(convert with gdal_translate -ot Byte)")
             self.nodata = self.ds.nodatavals[0]
             _check_overlap(path, grid, transform_bounds(self.ds.crs, grid.crs, *self.ds.bounds, densify_pts=21))
             src = self.ds
@@ -94,24 +115,7 @@ class RasterLabels:
 
     def read(self, window: Window) -> np.ndarray:
         data, _ = self.reader.read(window, fill=0 if self.nodata is None else self.nodata, masked=False)
-        data = data[0]
-        nodata = np.zeros(data.shape, dtype=bool)
-        if self.nodata is not None:
-            nodata |= np.isnan(data) if isinstance(self.nodata, float) and math.isnan(self.nodata) \
-                else data == self.nodata
-        if self.is_float:
-            nodata |= ~np.isfinite(data)
-            bad = ~nodata & (data != np.round(data))
-            if bad.any():
-                raise LandcoverError(f"{self.path}: label value {data[bad][0]:g} is not an integer; class values "
-                                     "must be integers 1..255 (0 = no data)")
-        if self.check_range:
-            out = ~nodata & ((data < 0) | (data > 255))
-            if out.any():
-                raise LandcoverError(f"{self.path}: label value {data[out][0]:g} is outside 0..255; reclassify "
-                                     "to classes 1..255 or set it as the raster's nodata")
-        data = np.where(nodata, 0, data)
-        return data.astype(np.uint8, copy=False)
+        return label_values(data[0], self.nodata, self.path)
 
     def classes(self) -> dict[int, ClassInfo]:
         """Classes named in the raster (attribute table or landcover tag), else its colour table."""

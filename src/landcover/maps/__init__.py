@@ -7,6 +7,7 @@ Both read the rasters decimated to display size (from overviews when the files h
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
     if not 0 <= clip[0] < clip[1] <= 100:
         raise LandcoverError(f"{arg('clip', clip)}: percentiles must satisfy 0 <= low < high <= 100")
     title = title if title is not None else Path(classified).stem
-    limit = int(max_size) if max_size else (max(size or (2000,)) if fmt == "png" else 2048)
+    limit = _max_size(max_size) or (max(size or (2000,)) if fmt == "png" else 2048)
     classes = read_classes(str(classified), limit)
     if fmt == "png" and size is None:
         size = fitted_size(classes.grid)
@@ -82,3 +83,16 @@ def render_map(classified: str | os.PathLike, imagery=None, bands: list[int] | N
 
         details = render_html(out, classes, layer, title, float(opacity))
     return MapResult(out, "png" if fmt == "png" else "html", details["legend"], title, details)
+
+
+def _max_size(value) -> int | None:
+    """``max_size`` as a pixel count, or None for the default. 0 is not a quiet synonym of the default, and a
+    negative or fractional size would draw a one-pixel (or rounded) map: both are refused."""
+    if value is None:
+        return None
+    whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+        and value == int(value) and value > 0
+    if not whole:
+        raise LandcoverError(f"{arg('max_size', value)}: must be a whole number greater than 0 (pixels along the "
+                             "longer side of the layers drawn), or leave it out for the default")
+    return int(value)

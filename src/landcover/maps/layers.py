@@ -21,7 +21,8 @@ from rasterio.windows import Window, from_bounds
 from ..areas import check_class_values, check_classified, class_mask
 from ..classes import ClassInfo, generated_color, read_class_table
 from ..errors import LandcoverError, arg
-from ..raster import Grid, open_imagery, open_raster
+from ..raster import Grid, open_raster
+from ..sources import open_imagery
 
 
 def display_grid(grid: Grid, max_size: int) -> Grid:
