@@ -66,7 +66,9 @@ def test_save_load_identical_predictions(tmp_path):
     folder = save_package(pkg, tmp_path / "m1")
     # the weights get the same permissions as the package's other files (safetensors' save_file makes 0600)
     assert (folder / "m1.safetensors").stat().st_mode == (folder / "m1.emd").stat().st_mode
-    assert {p.name for p in folder.iterdir()} == {"m1.emd", "m1.safetensors", "m1.dlpk"}
+    # ... and the ArcGIS Pro raster function with the network code it runs (issue 20)
+    assert {p.name for p in folder.iterdir()} == {"m1.emd", "m1.safetensors", "m1.dlpk", "LandcoverClassifier.py",
+                                                  "landcover_unet.py", "landcover_plan.py"}
     emd = json.loads((folder / "m1.emd").read_text())
     assert emd["ModelType"] == "ImageClassification" and emd["Classes"][1] == {"Value": 5, "Name": "Trees",
                                                                                "Color": [0, 128, 0]}

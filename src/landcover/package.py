@@ -25,6 +25,7 @@ import torch
 from . import __version__
 from .classes import ClassInfo, classes_from_esri
 from .errors import LandcoverError
+from .interop.arcgis_pro import FUNCTION_FILE, function_files
 from .model import BACKBONES, UNet
 
 #: keys a package's .emd must have for us to rebuild the model
@@ -72,8 +73,12 @@ class ModelPackage:
         """Lookup array from model class index to class value (index 0 -> 0)."""
         return np.array([0] + [c.value for c in self.classes], dtype=np.uint8)
 
-    def build_model(self) -> UNet:
-        """The U-Net with this package's weights, in eval mode."""
+    def build_model(self) -> torch.nn.Module:
+        """The U-Net with this package's weights, in eval mode (fastai's DynamicUnet where ``extra`` says so)."""
+        from .interop import arcgis_learn
+
+        if self.extra.get(arcgis_learn.ARCHITECTURE_KEY) == arcgis_learn.DYNAMIC_UNET:
+            return arcgis_learn.build_model(self)
         model = UNet(self.in_channels, self.num_classes, self.backbone)
         if self.state_dict is not None:
             own = model.state_dict()
@@ -115,14 +120,18 @@ class ModelPackage:
             "ModelConfiguration": "landcover.UnetClassifier",
             "ModelType": "ImageClassification",
             "ModelName": "UnetClassifier",
+            "Version": __version__,
             "ModelFile": model_file,
+            # The Python raster function every package carries (interop.arcgis_pro): what ArcGIS Pro runs.
+            "InferenceFunction": FUNCTION_FILE,
             "ModelFormat": "NCHW",
             "ImageHeight": int(self.tile_size),
             "ImageWidth": int(self.tile_size),
             "ImageSpaceUsed": "MAP_SPACE",
             "ExtractBands": [int(b) for b in self.extract_bands],
             "SupportsVariableTileSize": True,
-            "ModelPadding": 0,
+            # No ModelPadding: in Esri's meaning it is padding the model itself needs (making the tool offer no
+            # padding argument); ours has none, and the raster function takes arcgis.learn's padding argument.
             "Classes": [c.to_esri() for c in self.classes],
             "ModelParameters": {"backbone": self.backbone, "backend": "pytorch"},
             # RGB only when the model reads the first three bands as 8-bit (e.g. NIR, red, green of a 4-band
@@ -151,6 +160,14 @@ class ModelPackage:
         if missing and (emd.get("MetaDataMode") or str(emd.get("Framework", "")).startswith("e.g.")):
             raise LandcoverError(f"{where}: this is the definition of exported training chips, not of a trained "
                                  "model; train one (landcover train) and give its package")
+        from .interop import arcgis_learn
+
+        if arcgis_learn.is_arcgis_learn(emd):
+            return cls(**arcgis_learn.package_fields(emd, where))
+        framework = emd.get("Framework")
+        if framework is not None and str(framework).lower() != "pytorch":
+            raise LandcoverError(f"{where}: a {framework} model; landcover runs its own packages (PyTorch) and "
+                                 "arcgis.learn UnetClassifier packages")
         if missing:
             raise LandcoverError(f"{where}: model definition is missing key(s) {', '.join(missing)}")
         try:
@@ -189,7 +206,8 @@ class ModelPackage:
 
 # Keys that to_emd() derives from the dataclass fields; everything else in a loaded emd goes to `extra`.
 _OWN_KEYS = (
-    "Framework", "ModelConfiguration", "ModelType", "ModelName", "ModelFile", "ModelFormat", "ImageHeight",
+    "Framework", "ModelConfiguration", "ModelType", "ModelName", "Version", "ModelFile", "InferenceFunction",
+    "ModelFormat", "ImageHeight",
     "ImageWidth", "ImageSpaceUsed", "ExtractBands", "SupportsVariableTileSize", "ModelPadding", "Classes",
     "ModelParameters", "IsMultispectral", "ignore_mapped_class", "MinCellSize", "MaxCellSize", "LandcoverVersion",
     "BandNames", "InputDataType", "NoDataValue", "NormalizationStats", "IgnoreClasses",
@@ -218,6 +236,8 @@ def save_package(pkg: ModelPackage, folder: str | os.PathLike, name: str | None 
         # save() to bytes, then a plain write: the file gets the usual permissions (save_file's are 0600)
         (tmp / f"{name}.safetensors").write_bytes(save(weights, metadata={"format": "pt", "landcover": __version__}))
         (tmp / f"{name}.emd").write_text(json.dumps(pkg.to_emd(f"{name}.safetensors"), indent=4))
+        for rel, data in function_files().items():  # the raster function ArcGIS runs, and its U-Net
+            (tmp / rel).write_bytes(data)
         for rel, src in (files or {}).items():
             dst = tmp / _safe_member(rel, str(folder))
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +289,12 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
     model_file = path.parent / _safe_member(str(emd["ModelFile"]), str(path))
     if not model_file.is_file():
         raise LandcoverError(f"{path}: weights file {emd['ModelFile']} is missing")
-    pkg.state_dict = _read_weights(model_file.read_bytes(), str(model_file))
+    from .interop import arcgis_learn
+
+    data, where = model_file.read_bytes(), str(model_file)
+    # arcgis.learn's .pth (torch.load(weights_only=True)); landcover's own weights are safetensors only
+    pkg.state_dict = arcgis_learn.read_state_dict(emd, data, where) if arcgis_learn.is_arcgis_learn(emd) \
+        else _read_weights(data, where)
     pkg.path = path
     return pkg
 
@@ -319,7 +344,11 @@ def _load_dlpk(path: Path) -> ModelPackage:
             model_file = _safe_member(str(emd["ModelFile"]), str(path))
             if model_file not in members:
                 raise LandcoverError(f"{path}: weights file {emd['ModelFile']} is missing from the package")
-            pkg.state_dict = _read_weights(zf.read(members[model_file]), f"{path}:{model_file}")
+            from .interop import arcgis_learn
+
+            data, where = zf.read(members[model_file]), f"{path}:{model_file}"
+            pkg.state_dict = arcgis_learn.read_state_dict(emd, data, where) if arcgis_learn.is_arcgis_learn(emd) \
+                else _read_weights(data, where)
         except (zipfile.BadZipFile, zlib.error, OSError) as exc:
             raise LandcoverError(f"{path}: corrupt .dlpk ({exc})") from None
     pkg.path = path
