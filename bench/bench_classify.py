@@ -161,17 +161,14 @@ def classify(raster: Path, model: Path, out: Path, args, workers: int | None = N
             "blocks_mps": px / float(blocks.group(1)) / 1e6 if blocks else None}
 
 
-def choose(model: Path, raster: Path, plan) -> dict:
-    """``choose_backend`` on two tiles of the raster with every CPU candidate; also returns each candidate's
-    prepared model file (from the cache)."""
+def choose(model: Path, raster: Path, plan, which: str = "all") -> dict:
+    """``choose_backend`` on two tiles of the raster with every CPU candidate (``which="auto"``: those
+    ``--backend auto`` tries on this CPU for a long job); also returns each candidate's prepared model file (from
+    the cache)."""
+    from landcover.classify.artifacts import cache_lock, prepare_artifact
     from landcover.classify.blend import ClassDecoder
-    from landcover.classify.engine import (
-        CPU_BACKENDS,
-        cache_lock,
-        choose_backend,
-        prepare_artifact,
-        weights_hash,
-    )
+    from landcover.classify.choose import auto_candidates, choose_backend
+    from landcover.classify.engine import CPU_BACKENDS, weights_hash
     from landcover.package import load_package
 
     pkg = load_package(model)
@@ -182,7 +179,8 @@ def choose(model: Path, raster: Path, plan) -> dict:
         x = np.stack([pkg.normalize(src.read(window=Window(c, r, t, t))) for r, c in spots]).astype(np.float32)
     model_hash = weights_hash(pkg)
     decision = choose_backend(pkg, decoder, x, np.ones((len(x), t, t), bool), model_hash=model_hash,
-                              candidates=CPU_BACKENDS, tile=plan.rows.tile,
+                              candidates=CPU_BACKENDS if which == "all" else auto_candidates(1e9),
+                              tile=plan.rows.tile,
                               log=lambda m: print(m, file=sys.stderr))
     with cache_lock(model_hash):
         decision["artifacts"] = {n: prepare_artifact(n, pkg, decoder, model_hash, x) for n in decision["results"]}
@@ -217,8 +215,10 @@ def bare_model(model: Path, backend: str, artifact: str | None, tile: int, worke
     """Input MP/s of the engine alone on in-memory tiles, in the same process layout as the classify run."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    n = workers or 1
-    threads = 1 if workers else os.cpu_count()
+    from landcover.threads import split_threads
+
+    layout = split_threads(workers or 1)  # as classify splits the threads
+    n, threads = layout.processes, layout.threads
     procs = [ctx.Process(target=_bare_worker, args=(str(model), backend, artifact, tile, seconds, threads, q))
              for _ in range(n)]
     for p in procs:
@@ -246,7 +246,8 @@ def floor_costs(raster: Path, model: Path, classes: Path, plan, work: Path) -> d
 
     from landcover.classify.writer import _overview_factors
     from landcover.package import load_package
-    from landcover.raster import GDAL_ENV, Grid, GridReader, open_imagery
+    from landcover.raster import GDAL_ENV, Grid, GridReader
+    from landcover.sources import open_imagery
 
     starts = []
     for _ in range(2):
@@ -320,20 +321,26 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeat", type=int, default=2, help="end-to-end/bare pairs per layout (default 2)")
     ap.add_argument("--naive-tiles", type=int, default=4)
+    ap.add_argument("--candidates", choices=("all", "auto"), default="all",
+                    help="backends timed in the choice: every CPU backend (default), or those auto tries here "
+                         "(no bf16 on a CPU without native bf16)")
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "landcover-bench")
     args = ap.parse_args()
     rss_size = 2 * args.size if args.rss_size is None else args.rss_size
     args.dir.mkdir(parents=True, exist_ok=True)
     raster = make_raster(args.dir / f"scene-{args.size}.tif", args.size)
     model = make_package(args.dir / "resnet34-random", raster)
-    report: dict = {"size": args.size, "tile": args.tile, "padding": args.padding}
+    from landcover.classify.choose import cpu_description
+
+    # every figure is printed with the CPU it was measured on: which backend is fast depends on its flags
+    report: dict = {"cpu": cpu_description(), "size": args.size, "tile": args.tile, "padding": args.padding}
     from landcover.classify.plan import TilePlan
 
     plan = TilePlan.build(args.size, args.size, args.tile, args.padding, 4096)
     layouts = {"in-process": None, f"{args.workers} workers": args.workers}
     # 1. the backend choice: every CPU backend timed on two tiles of the raster, and its class map compared with
     #    fp32 eager's (here: on random weights); decision and prepared models are cached for the runs below
-    decision = choose(model, raster, plan)
+    decision = choose(model, raster, plan, args.candidates)
     results = decision["results"]
     report["backend_choice_on_random_weights"] = {"chosen": decision["backend"], "candidates": results}
     # 2. the fastest backend regardless of agreement (what a trained model whose class map agrees would run),
@@ -370,8 +377,10 @@ def main() -> None:
     # 3. --backend auto as a user would run it (its own choice on random weights, measured on the first run),
     #    and its own bare model in the same layout
     auto = classify(raster, model, args.dir / "out.tif", args, workers=best["workers"], backend="auto")
-    chosen = next((ln.split(":", 1)[1].strip() for ln in auto["log"] if ln.startswith("backend:")),
-                  decision["backend"])
+    # the backend the run used, from its final line "... MP/s (BACKEND, THREADS, ...": a small job runs fp32
+    # without choosing, so no "backend:" line is printed then
+    used = re.search(r"MP/s \(([^,]+),", auto["log"][-1]) if auto["log"] else None
+    chosen = used.group(1) if used else decision["backend"]
     auto_bare = bare_model(model, chosen, decision["artifacts"].get(chosen), plan.rows.tile, best["workers"])
     report["auto_run"] = {**auto, "backend": chosen, "bare_output_mps": auto_bare / plan.cost(),
                           "ratio_to_bare": auto["mps"] / (auto_bare / plan.cost())}
@@ -391,6 +400,7 @@ def main() -> None:
                                                                workers=best["workers"], backend=fast)}
     e2e_mps = best["end_to_end"]["mps"]
     summary = {
+        "cpu": f"{report['cpu']['model']}, {report['cpu']['cores']} cores, {' '.join(report['cpu']['flags'])}",
         "layout": best_name, "backend": best["backend"],
         "end_to_end_mps": round(e2e_mps, 3),
         "bare_model_output_mps": round(best["bare_output_mps"], 3),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -124,23 +125,33 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", help="default: what fit picks (bf16-mixed on a bf16 CPU, else 32-true)")
     ap.add_argument("--num-workers", type=int, help="DataLoader workers for fit (default: prepare_data's)")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, help="thread budget (default: $LANDCOVER_THREADS, else the cores); fit "
+                    "gives torch the budget less the DataLoader workers")
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        os.environ["LANDCOVER_THREADS"] = str(args.threads)
+    from landcover.classify.choose import cpu_description
+    from landcover.threads import training_threads
+
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags']) or '-'}")
     precision = resolve_precision(args.precision, "cpu")
-    print(f"{args.backbone} U-Net, batch {args.batch} x {args.bands} x {args.size}², precision {precision}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(f"{args.backbone} U-Net, batch {args.batch} x {args.bands} x {args.size}², precision {precision}")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         folder = write_chips(Path(tmp) / "chips", args.batch * (args.warmup + args.steps + 1) + 2, args.size,
                              args.bands)
         data = prepare_data(folder, batch_size=args.batch, val_split_pct=0.02, num_workers=args.num_workers)
         load = loading_time(data)
+        # the bare step runs with the threads fit will use (fit sets them the same way)
+        torch.set_num_threads(training_threads(data.num_workers).threads)
         timer = Interleaved(BareStep(args.backbone, args.bands, args.batch, args.size, precision), args.warmup)
         torch.manual_seed(0)
-        model = UnetClassifier(data, backbone=args.backbone)
+        model = UnetClassifier(data, backbone=args.backbone, pretrained=False)  # speed does not depend on weights
         model.fit(1, lr=1e-4, checkpoint=False, precision=precision, callbacks=[timer],
                   limit_train_batches=args.warmup + args.steps, limit_val_batches=1)
+        layout = getattr(model, "threads", None)
+    print(f"threads: {layout.describe('process') if layout else torch.get_num_threads()}, "
+          f"{data.num_workers} DataLoader workers")
     fit = args.batch * len(timer.fit_times) / sum(timer.fit_times)
     bare = args.batch * len(timer.bare_times) / sum(timer.bare_times)
     print(f"{'bare torch step':<24}{bare:8.2f} samples/s")

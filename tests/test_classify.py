@@ -16,14 +16,8 @@ from landcover.classes import ClassInfo, read_class_table
 from landcover.classify import blocks as blocks_mod
 from landcover.classify import classify_pixels
 from landcover.classify.blend import ClassDecoder
-from landcover.classify.engine import (
-    Engine,
-    TTAEngine,
-    _first_argmax,
-    cached_decision,
-    choose_backend,
-    weights_hash,
-)
+from landcover.classify.choose import cached_decision, choose_backend
+from landcover.classify.engine import Engine, TTAEngine, _first_argmax, weights_hash
 from landcover.classify.plan import TilePlan
 from landcover.errors import LandcoverError
 from landcover.model import UNet
@@ -416,7 +410,7 @@ def test_backend_choice_agrees_and_is_cached(model_dir, raster, monkeypatch):
     assert decision["backend"] in results and results[decision["backend"]]["agreement"] >= 0.995
     assert {"fp32", "bf16", "onnx", "int8"} <= set(results)
     assert results["onnx"]["agreement"] > 0.99  # the exported graph computes the same classes
-    monkeypatch.setattr("landcover.classify.engine._measure", lambda *a, **k: pytest.fail("not cached"))
+    monkeypatch.setattr("landcover.classify.choose._measure", lambda *a, **k: pytest.fail("not cached"))
     again = choose_backend(pkg, decoder, calib, valid, model_hash=weights_hash(pkg),
                            candidates=("fp32", "bf16", "onnx", "int8"))
     assert again["backend"] == decision["backend"]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
 from ..arcgis_keywords import (
     check_seed_only,
@@ -31,44 +30,39 @@ from ..arcgis_keywords import (
     records_given_arguments,
     whole,
 )
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, NetworkError, arg
 from ..raster import (
     GDAL_ENV,
     Grid,
-    GridReader,
+    alpha_read_as_data,
     check_output,
     check_writable_dir,
     grid_window,
-    open_imagery,
+    pixel_errors,
     require_crs,
     target_grid,
     whole_grid,
 )
+from ..sources import Imagery, looks_like_stac_item, resolve
+from ..threads import split_threads
 from .blend import ClassDecoder
-from .blocks import Job, done_path, normalize_tile, run_block
-from .engine import (
-    BACKENDS,
-    CPU_BACKENDS,
-    cache_lock,
-    cached_decision,
-    choose_backend,
-    cuda_available,
-    prepare_artifact,
-    weights_hash,
-)
+from .blocks import Job, done_path, run_block
+from .choose import choose_engine
+from .engine import BACKENDS, CPU_BACKENDS, cuda_available, weights_hash
 from .plan import TilePlan
-from .writer import finish, has_room, open_work, read_manifest, work_dir
+from .writer import clear_leftovers, finish, has_room, open_work, read_manifest, work_dir
 
 __all__ = ["classify_pixels"]
 
-#: jobs whose fp32 model time is estimated below this many seconds run fp32 without measuring backends
-SMALL_JOB_SECONDS = 30
-#: compiling the model (once per model, cached) costs ~20 s; worth it only for long jobs
-COMPILE_JOB_SECONDS = 120
 #: block edge in pixels when not given
 DEFAULT_BLOCK = 4096
 #: imagery cell sizes this many times finer or coarser than the model's training cell size are warned about
 CELL_SIZE_RATIO = 1.5
+
+
+class ImageryWarning(UserWarning):
+    """Something about the imagery the user should know, which does not stop the run (``landcover classify``
+    prints it)."""
 
 
 class CellSizeWarning(UserWarning):
@@ -96,7 +90,9 @@ def classify_pixels(
     *,
     backend: str = "auto",
     block_size: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
+    bands: Sequence[str] | None = None,
     model_arguments: dict | None = None,
     output_name: str | os.PathLike | None = None,
     context: dict | None = None,
@@ -104,7 +100,9 @@ def classify_pixels(
 ) -> Path:
     """Classify a raster of any size with a model package; returns the output path.
 
-    ``input_raster`` is one raster or a list of single-band files (stacked in order); ``model`` a ``.emd``,
+    ``input_raster`` is imagery in any form :mod:`landcover.sources` reads: one raster (a path or a URL), band
+    files stacked in order, :func:`landcover.mosaic` of scene tiles, or a STAC Item (``bands`` picks its bands by
+    asset key or common name; default the bands the model was trained on, by name). ``model`` is a ``.emd``,
     ``.dlpk`` or package folder. The output is a one-band uint8 COG of class values (0 = nodata), in the
     input's CRS, with overviews, colour table, class names (``.aux.xml`` attribute table) and a QGIS ``.qml``.
 
@@ -127,7 +125,10 @@ def classify_pixels(
     single-threaded processes, or on the Dask ``scheduler`` at that address. Blocks
     are kept in ``<output>.blocks/`` until the end; ``resume=True`` continues an interrupted run with
     identical results. ``backend`` is ``auto`` (fastest that agrees with fp32 on >= 99.5 % of pixels) or one
-    of ``fp32``, ``bf16``, ``bf16-compiled``, ``onnx``, ``int8``, ``cuda``; ``cpu`` is ``auto`` without the GPU.
+    of ``fp32``, ``bf16``, ``bf16-compiled``, ``onnx``, ``int8``, ``openvino``, ``openvino-int8``, ``cuda``; ``cpu``
+    is ``auto`` without the GPU. ``threads`` caps the compute threads of the whole run (default
+    ``$LANDCOVER_THREADS``, else the cores available): ``workers`` local processes (at most one per thread) share
+    them, and the run's final line says how.
 
     arcgis.learn's spellings are accepted as well, so its notebooks run unchanged: ``model_arguments`` (strings,
     e.g. ``{"padding": "64", "batch_size": "4", "predict_background": "True", "test_time_augmentation": "False",
@@ -146,7 +147,9 @@ def classify_pixels(
                                                                     "model"))
     output = Path(output)
     prob_path = Path(probabilities) if probabilities is not None else None
-    paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])]
+    paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])
+             if isinstance(p, (str, os.PathLike))]
+    clear_leftovers(output, prob_path)  # what a killed run left: its temporary COG, a finished run's work folder
     for path, what in ((output, "output"), (prob_path, "probabilities output")):
         if path is None:
             continue
@@ -164,17 +167,26 @@ def classify_pixels(
         raise LandcoverError(f"{arg('workers', workers)}: must be at least 1")
     if int(batch_size) < 1:
         raise LandcoverError(f"{arg('batch_size', batch_size)}: must be at least 1")
+    # The compute threads of this run's own processes (a remote cluster's workers use their own threads).
+    split = None if scheduler else split_threads(int(workers or 1), threads)
+    if split is not None and workers:
+        workers = split.processes
 
     from ..package import load_package
 
     pkg = load_package(model)
     decoder = ClassDecoder.for_package(pkg, predict_background)
     predict_background = decoder.predicts_background  # what the run does (also kept in its manifest)
-    with rasterio.Env(**GDAL_ENV), open_imagery(paths, "input_raster") as ds:
-        _check_imagery(ds, pkg, paths[0])
-        grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=paths[0])
+    with rasterio.Env(**GDAL_ENV):
+        # Physical values (GDAL scale/offset applied, float) unless the model was trained on integer counts: a
+        # package records its pixel type, and one trained on raw counts keeps reading them.
+        raw = bool(pkg.input_dtype) and np.dtype(pkg.input_dtype).kind in "iu"
+        source = resolve(input_raster, "input_raster", bands or _trained_bands(input_raster, pkg), raw=raw)
+    with rasterio.Env(**GDAL_ENV), source.open() as ds:
+        _check_imagery(ds, pkg, source.name)
+        grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=source.name)
         if cell_size is None:
-            _check_cell_size(grid, pkg, paths[0])
+            _check_cell_size(grid, pkg, source.name)
         tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "tile_size")
         pad = tile // 4 if padding is None else whole(padding, "padding")
         if tile < 16:
@@ -190,16 +202,16 @@ def classify_pixels(
         work = work_dir(output)
         previous = read_manifest(work) if resume else None
         say = _say if progress else (lambda _m: None)
-        choice = _resolve_backend(backend, previous, pkg, decoder, ds, (grid, whole_raster), plan, tile,
-                                  model_hash, test_time_augmentation, say)
+        choice = choose_engine(backend, previous, pkg, decoder, ds, (grid, whole_raster), plan, tile, model_hash,
+                               test_time_augmentation, split.threads if split else None, say)
 
     with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
         if block_size is None:
             block_size = (previous or {}).get("block_size") or _block_size_for(plan, client)
             plan = plan.reblocked(block_size)
         manifest = {
-            "format": 2, "model_hash": model_hash, "imagery": [os.path.abspath(p) for p in paths],
-            "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in paths],
+            "format": 2, "model_hash": model_hash, "imagery": _absolute(source).describe(),
+            "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in source.paths],
             "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
                      "height": grid.height},
             "window": list(window) if window else None, "tile": tile, "padding": pad, "block_size": int(block_size),
@@ -208,8 +220,8 @@ def classify_pixels(
             "backend": choice["backend"], "engine": choice.get("engine"),
         }
         open_work(work, manifest, resume, overwrite)
-        job = _start(choice, work, paths, grid, window, model, model_hash, tile, pad, block_size, batch_size,
-                     test_time_augmentation, predict_background, prob_path, workers)
+        job = _start(choice, work, source, grid, window, model, model_hash, tile, pad, block_size, batch_size,
+                     test_time_augmentation, predict_background, prob_path, split)
         t_blocks = time.perf_counter()
         try:
             _run_blocks(job, plan, client, progress, pkg)
@@ -218,6 +230,9 @@ def classify_pixels(
             kept = any(done_path(work, b).exists() for b in plan.blocks)
             if not kept:
                 shutil.rmtree(work, ignore_errors=True)
+            if kept and isinstance(exc, NetworkError):
+                raise LandcoverError(f"{exc}; add {arg('resume', True)} to continue from the finished blocks") \
+                    from None
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise LandcoverError(f"{work.parent}: the disk is full; free some space"
                                      f"{', then rerun with ' + arg('resume', True) if kept else ''}") from None
@@ -227,11 +242,12 @@ def classify_pixels(
     t_end = time.perf_counter()
     seconds = t_end - t_start
     mp = grid.width * grid.height / 1e6
+    threads_text = split.describe() if split else "the cluster's threads"
     if progress:
         _say(f"classified {grid.width} x {grid.height} px ({mp:.1f} MP) in {seconds:.1f} s: {mp / seconds:.2f} "
-             f"MP/s ({choice['backend']}, {plan.tile_count} tiles of {plan.rows.tile} px, padding {pad}; setup "
-             f"{t_blocks - t_start:.1f} s, blocks {t_assembly - t_blocks:.1f} s, assembly {t_end - t_assembly:.1f} s)"
-             f" -> {output}")
+             f"MP/s ({choice['backend']}, {threads_text}, {plan.tile_count} tiles of {plan.rows.tile} px, padding "
+             f"{pad}; setup {t_blocks - t_start:.1f} s, blocks {t_assembly - t_blocks:.1f} s, assembly "
+             f"{t_end - t_assembly:.1f} s) -> {output}")
     return output
 
 
@@ -310,8 +326,8 @@ def _check_cell_size(grid: Grid, pkg, name: str) -> None:
                       CellSizeWarning, stacklevel=3)
 
 
-def _start(choice, work, paths, grid, window, model, model_hash, tile, pad, block_size, batch_size, tta,
-           predict_background, prob_path, workers) -> Job:
+def _start(choice, work, source: Imagery, grid, window, model, model_hash, tile, pad, block_size, batch_size, tta,
+           predict_background, prob_path, split) -> Job:
     """The run's job description, with the run's own copy of the exported model (if any)."""
     # The run keeps its own copy of an exported model, so a resumed run (or a remote worker) uses the same one.
     artifact = work / choice["engine"] if choice.get("engine") else None
@@ -320,15 +336,32 @@ def _start(choice, work, paths, grid, window, model, model_hash, tile, pad, bloc
             raise LandcoverError(f"{artifact}: missing from the unfinished run; remove {work} to start again")
         _link_or_copy(Path(choice["artifact"]), artifact)
     job = Job(
-        imagery=tuple(os.path.abspath(p) for p in paths), crs_wkt=grid.crs.to_wkt(),
+        imagery=_absolute(source), crs_wkt=grid.crs.to_wkt(),
         transform=tuple(grid.transform)[:6], width=grid.width, height=grid.height, model=str(Path(model).resolve()),
         model_hash=model_hash, backend=choice["backend"], artifact=str(artifact) if artifact else None,
         tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
         tta=bool(tta), predict_background=bool(predict_background),
-        probabilities=prob_path is not None, work=str(work), threads=1 if workers else None,
+        probabilities=prob_path is not None, work=str(work),
+        threads=split.threads if split else None,
         raw_classes=has_room(work, 3 * grid.width * grid.height), window=window,
     )
     return job
+
+
+def _absolute(source: Imagery) -> Imagery:
+    """``source`` with local paths made absolute: Dask workers and a resumed run may start elsewhere."""
+    def fix(p: str) -> str:
+        return p if p.startswith("/vsi") else os.path.abspath(p)
+
+    return Imagery(source.kind, tuple(type(b)(fix(b.path), b.band, b.name) for b in source.bands),
+                   tuple(fix(t) for t in source.tiles), source.name, source.raw)
+
+
+def _trained_bands(input_raster, pkg) -> list[str] | None:
+    """A STAC Item given without bands is read with the bands the model was trained on, by their names."""
+    if pkg.band_names and looks_like_stac_item(input_raster):
+        return list(pkg.band_names)
+    return None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -354,76 +387,28 @@ def _check_imagery(ds, pkg, name: str) -> None:
         raise LandcoverError(
             f"{name}: has {ds.count} band(s) but the model reads band(s) {reads} of the imagery it was trained "
             f"on; give that imagery's (at least {need}) bands in their order, as one file or one file per band")
-    if ds.dtypes[0] != pkg.input_dtype:
+    _check_alpha(ds, pkg, name)
+    if pkg.input_dtype and ds.dtypes[0] != pkg.input_dtype:  # "": not recorded (an arcgis.learn package)
         raise LandcoverError(
             f"{name}: pixels are {ds.dtypes[0]} but the model was trained on {pkg.input_dtype}; give imagery of "
             "the same type (e.g. the same product and processing level)")
 
 
-def _resolve_backend(backend, previous, pkg, decoder, ds, grids, plan, tile, model_hash, tta, say) -> dict:
-    """The backend to run (and its ONNX file): the resumed run's, CUDA, fp32 for small jobs, or measured."""
-    if previous is not None and backend in ("auto", "cpu", previous.get("backend")):
-        # Resuming: the run's own backend (and its copy of the exported model in the work folder).
-        return {"backend": previous.get("backend", "fp32"), "engine": previous.get("engine")}
-    if backend == "auto" and cuda_available():
-        backend = "cuda"
-    backend = "auto" if backend == "cpu" else backend
-    if backend == "cuda" and not cuda_available():
-        raise LandcoverError(f"{arg('backend', 'cuda')}: torch sees no CUDA GPU here (torch.cuda.is_available() is "
-                             f"False); use {arg('backend', 'auto')}, or install a CUDA build of torch")
-    tile_px = plan.rows.tile * plan.cols.tile
-    fp32_seconds = plan.tile_count * tile_px * (8 if tta else 1) / 1.0e6
-    if backend == "auto" and fp32_seconds < SMALL_JOB_SECONDS:
-        backend = "fp32"
-    if backend in ("fp32", "bf16", "cuda"):
-        return {"backend": backend}
-    if backend == "auto":
-        candidates = ("fp32", "bf16", "onnx", "int8")
-        if fp32_seconds > COMPILE_JOB_SECONDS:
-            candidates += ("bf16-compiled",)
-        # A decision measured before for this model, tile size and machine needs no calibration tiles.
-        decision = cached_decision(decoder, model_hash=model_hash, candidates=candidates, tile=tile)
-        if decision is None:
-            calib, valid = _calibration(pkg, ds, grids, plan)
-            if calib is None:
-                return {"backend": "fp32"}
-            say(f"choosing a backend on {len(calib)} tile(s) of the raster (cached for this model) ...")
-            decision = choose_backend(pkg, decoder, calib, valid, model_hash=model_hash, candidates=candidates,
-                                      tile=tile, log=say)
-        say(f"backend: {decision['backend']}")
-        choice = {"backend": decision["backend"], "artifact": decision.get("artifact")}
-    else:
-        calib = _calibration(pkg, ds, grids, plan)[0] if backend == "int8" else None
-        with cache_lock(model_hash):
-            artifact = prepare_artifact(backend, pkg, decoder, model_hash, calib)
-        choice = {"backend": backend, "artifact": artifact}
-    if choice.get("artifact"):  # the name of the run's own copy in its work folder
-        choice["engine"] = "engine.pt2" if choice["backend"] == "bf16-compiled" else "engine.onnx"
-    return choice
-
-
-def _calibration(pkg, ds, grids, plan, target_px: float = 2.0e6):
-    """A few tiles of the raster for timing and agreement (the most valid of 16 spread over it); ``grids``:
-    the run's grid and the whole grid it is read within."""
-    count = max(1, min(8, round(target_px / (plan.rows.tile * plan.cols.tile))))
-    ids = np.unique(np.linspace(0, plan.tile_count - 1, min(16, plan.tile_count)).round().astype(int))
-    reader = GridReader(ds, grids[0], indexes=[b + 1 for b in pkg.extract_bands], within=grids[1], beyond=True)
-    tiles = []
-    try:
-        for tid in ids:
-            r, c = divmod(int(tid), plan.cols.count)
-            row, col, h, w = plan.tile_window(r, c)
-            data, valid = reader.read(Window(col, row, w, h))
-            if valid.mean() > 0.5:
-                tiles.append((valid.mean(), data, valid))
-    finally:
-        reader.close()
-    if not tiles:
-        return None, None
-    tiles.sort(key=lambda t: -t[0])
-    tiles = tiles[:count]
-    x = np.stack([normalize_tile(pkg, d, v) for _, d, v in tiles])
-    return x, np.stack([v for _, _, v in tiles])
+def _check_alpha(ds, pkg, name: str) -> None:
+    """A band GDAL tags alpha that the model reads is read as data, never as the validity mask (rasterio tags
+    band 4 of every 4-band uint8 raster alpha: NAIP's NIR). Warned when it looks like a real transparency mask
+    (only 0 and 255 in a coarse read), i.e. an RGBA file given to a model trained on four bands of data."""
+    band = alpha_read_as_data(ds, [b + 1 for b in pkg.extract_bands])
+    if band is None:
+        return
+    side = min(256, ds.width), min(256, ds.height)
+    with pixel_errors(name):
+        values = np.unique(ds.read(band, out_shape=(side[1], side[0])))
+    if set(values.tolist()) <= {0, 255}:
+        warnings.warn(f"{name}: band {band} holds only 0 and 255 and GDAL tags it alpha (transparency), but the model "
+                      f"reads it as data (its band {pkg.extract_bands.index(band - 1) + 1}); it is read as data, not "
+                      "as a mask: check that the imagery has the bands the model was trained on", ImageryWarning,
+                      stacklevel=4)
 
 
 def _block_size_for(plan: TilePlan, client) -> int:

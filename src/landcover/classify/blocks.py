@@ -31,7 +31,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from ..raster import GDAL_ENV, Grid, GridReader, open_imagery
+from ..raster import GDAL_ENV, Grid, GridReader
+from ..sources import Imagery
 from .blend import ClassDecoder, tile_weights
 from .plan import TilePlan
 
@@ -40,7 +41,7 @@ from .plan import TilePlan
 class Job:
     """Everything a worker needs to classify any block of a run (picklable, hashable)."""
 
-    imagery: tuple[str, ...]
+    imagery: Imagery
     crs_wkt: str
     transform: tuple[float, ...]
     width: int
@@ -128,7 +129,7 @@ def context(job: Job, pkg=None) -> Context:
             engine = build_engine(job.backend, pkg, decoder, job.artifact, job.batch_size, threads)
             if job.tta:
                 engine = TTAEngine(engine)
-            ds = open_imagery(list(job.imagery))
+            ds = job.imagery.open()
             reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], within=job.whole_grid,
                                 beyond=True)
             ctx = Context(job, pkg, decoder, engine, reader)
@@ -228,6 +229,7 @@ class _BlockRun:
         self.seams_tmp = seams_tmp
         tiles = self.plan.block_tiles(self.block)
         self.writer = _PieceWriter(self) if self.interior is not None else None
+        self.has_data = False  # set by the reader thread, read once it has ended
         batch_size = _effective_batch(self.job.batch_size, self.ctx.engine, self.plan)
         tiles_q: queue.Queue = queue.Queue(maxsize=batch_size + 2)
         stop = threading.Event()
@@ -263,7 +265,9 @@ class _BlockRun:
         if self.writer is not None:
             self.writer.commit()
         os.replace(seams_tmp, self.work / f"{self.name}.seams")
-        stats = {"block": list(self.block), "tiles": len(tiles), "computed": computed,
+        # "data": whether any imagery pixel of the map (not of the context read beyond an extent) is valid;
+        # a map without one is warned about (see writer.warn_empty)
+        stats = {"block": list(self.block), "tiles": len(tiles), "computed": computed, "data": self.has_data,
                  "pixels": self._share(), "seconds": time.perf_counter() - t0}
         tmp = self.work / f"{self.name}.done.partial"
         tmp.write_text(json.dumps(stats))
@@ -285,6 +289,8 @@ class _BlockRun:
                 row, col, h, w = self.plan.tile_window(r, c)
                 data, valid = self.ctx.reader.read(Window(col, row, w, h))
                 x = normalize_tile(self.ctx.pkg, data, valid) if valid.any() else None
+                if x is not None and not self.has_data:
+                    self.has_data = bool(_inside(valid, row, col, self.job.height, self.job.width).any())
                 out.put((r, c, x, valid))
             out.put(None)
         except BaseException as exc:  # handed to the compute thread, which re-raises it
@@ -362,6 +368,15 @@ class _BlockRun:
             values = np.where(v, self.ctx.decoder.classes(acc[:-1]), np.uint8(0))
             probs = self.ctx.decoder.probabilities(acc[:-1], acc[-1]) if self.job.probabilities else None
             self.writer.put(row, col, values, probs, v)
+
+
+def _inside(valid: np.ndarray, row: int, col: int, height: int, width: int) -> np.ndarray:
+    """The part of a tile's ``valid`` mask (tile at ``row, col``) that lies on the run's grid of ``height`` x
+    ``width`` pixels (a tile may reach past it, reading context beyond an extent)."""
+    r0, c0 = max(0, -row), max(0, -col)
+    r1 = max(r0, min(valid.shape[0], height - row))
+    c1 = max(c0, min(valid.shape[1], width - col))
+    return valid[r0:r1, c0:c1]
 
 
 def _effective_batch(batch_size: int, engine, plan: TilePlan) -> int:

@@ -2,8 +2,10 @@
 
 Each task classifies one block and writes its files into the work folder, so the folder must be reachable
 under the same path by every worker (always true for ``workers=N`` on this machine; a shared file system
-for a remote cluster). Workers run one thread each: two single-threaded processes use two cores better than
-one process with two threads (the model's own threading leaves gaps that the other process fills).
+for a remote cluster). Each worker runs one block at a time: two single-threaded processes use two cores better
+than one process with two threads (the model's own threading leaves gaps that the other process fills). A local
+cluster never has more workers than the run's thread budget, and its engines split the budget among them
+(:func:`landcover.threads.split_threads`); a remote worker's engine uses the worker's own thread count.
 """
 
 from __future__ import annotations

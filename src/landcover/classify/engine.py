@@ -1,4 +1,4 @@
-"""Inference backends, and the automatic choice among them.
+"""Inference backends: each maps normalized tiles to weighted logits and, inside its graph where it can, classes.
 
 Every backend maps normalized tiles ``(bands, h, w)`` float32 and their blending weights ``(h, w)`` to the
 weighted logits ``(C, h, w)`` float32 and, where it can do so inside its graph, to class values ``(h, w)``
@@ -7,11 +7,11 @@ multiple of 32 here, as the U-Net does internally, so all backends see the same 
 
 CPU backends: ``fp32`` (eager, the reference), ``bf16`` (batch norm folded into the convolutions, bfloat16
 weights, channels-last), ``bf16-compiled`` (the same compiled ahead of time by AOTInductor with frozen
-weights, which fuses convolutions with their activations), ``onnx`` (ONNX Runtime, fp32) and ``int8`` (ONNX
-Runtime, static int8 QDQ calibrated on tiles of the raster). GPU: ``cuda`` (autocast bf16 or fp16).
-:func:`choose_backend` times the candidates on a few real tiles and keeps the fastest whose class map agrees
-with ``fp32`` on at least 99.5 % of the valid pixels; the decision and the exported/compiled models are cached
-per model (weights hash) under :func:`cache_dir`.
+weights, which fuses convolutions with their activations), ``onnx`` (ONNX Runtime, fp32), ``int8`` (ONNX
+Runtime, static int8 QDQ calibrated on tiles of the raster), ``openvino`` (OpenVINO, fp32) and
+``openvino-int8`` (OpenVINO, int8 quantized by NNCF on tiles of the raster; :mod:`.openvino`). GPU: ``cuda``
+(autocast bf16 or fp16). The files some of them run from are built in :mod:`.artifacts`; which one a run uses
+is decided in :mod:`.choose`.
 """
 
 from __future__ import annotations
@@ -19,24 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import shutil
-import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LandcoverError, arg
-from ..raster import atomic_output
 from .blend import ClassDecoder
 
-#: class-map agreement with fp32 eager that a faster backend must reach
-MIN_AGREEMENT = 0.995
-CPU_BACKENDS = ("fp32", "bf16", "bf16-compiled", "onnx", "int8")
-#: backends that run from a prepared file (exported or compiled model)
-ARTIFACT_BACKENDS = ("onnx", "int8", "bf16-compiled")
+CPU_BACKENDS = ("fp32", "bf16", "bf16-compiled", "onnx", "int8", "openvino", "openvino-int8")
+#: backends that run from a prepared file (exported, quantized or compiled model; see :mod:`.artifacts`)
+ARTIFACT_BACKENDS = ("onnx", "int8", "bf16-compiled", "openvino", "openvino-int8")
+#: backends that compute in bfloat16: slower than fp32 on a CPU without native bf16 (emulated)
+BF16_BACKENDS = ("bf16", "bf16-compiled")
 BACKENDS = ("auto", "cpu", *CPU_BACKENDS, "cuda")
 #: changes when a compiled graph does (2: unrolled argmax): cached compiled models and backend decisions made
 #: with an older graph are then rebuilt instead of reused
@@ -233,38 +227,6 @@ class CompiledEngine(Engine):
         return y.numpy(), c.numpy()
 
 
-def compile_aoti(model, decoder: ClassDecoder, path: Path) -> Path:
-    """Compile the bf16 model with AOTInductor for tiles of 32..8192 pixels (multiples of 32) into ``path``
-    (~20 s; :func:`prepare_artifact` keeps it in the cache)."""
-    import torch
-    from torch.export import Dim
-
-    folded = _folded(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
-    for p in folded.parameters():
-        p.requires_grad_(False)
-    module = _decode_head(folded, decoder, in_dtype=torch.bfloat16, unrolled_argmax=True)
-    x = torch.zeros(1, model.in_channels, 256, 256).contiguous(memory_format=torch.channels_last)
-    w = torch.ones(1, 1, 256, 256)
-    h32, w32 = Dim("h32", min=1, max=256), Dim("w32", min=1, max=256)
-    dynamic = {"x": {2: 32 * h32, 3: 32 * w32}, "w": {2: 32 * h32, 3: 32 * w32}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp, torch.no_grad():
-        exported = torch.export.export(module, (x, w), dynamic_shapes=dynamic)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
-                                                 inductor_configs={"freezing": True})
-    return path
-
-
-def compiled_path(decoder: ClassDecoder, folder: Path) -> Path:
-    """Where :func:`compile_aoti` keeps the compiled model of this decoding, torch version and CPU."""
-    return folder / f"model-{decoder.key}-bf16-{_compiled_tag()}.pt2"
-
-
-def _compiled_tag() -> str:
-    """What a compiled model depends on besides its weights and decoding: the CPU and software (torch
-    included, see :func:`_device_signature`) and the graph's version."""
-    return hashlib.sha256(f"{_device_signature(None)}|graph {GRAPH_VERSION}".encode()).hexdigest()[:8]
-
 
 class OnnxEngine(Engine):
     """ONNX Runtime (fp32 or static int8 QDQ) on an exported model with weighting and argmax in its graph."""
@@ -338,91 +300,20 @@ class TTAEngine(Engine):
         return [(t * np.float32(1 / 8) * w, None) for t, w in zip(totals, weights, strict=True)]
 
 
-# --- building backends ---------------------------------------------------------------------------------------
-
-def export_onnx(model, decoder: ClassDecoder, path: Path) -> Path:
-    """Export the model (with argmax and value lookup) to ONNX, batch/height/width dynamic."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = _decode_head(_core(model), decoder)
-    x, w = torch.zeros(1, model.in_channels, 64, 64), torch.ones(1, 1, 64, 64)
-    import warnings
-
-    with atomic_output(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (x, w), str(tmp), dynamo=False, input_names=["x", "w"],
-            output_names=["weighted", "classes"],
-            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "w": {0: "n", 2: "h", 3: "w"},
-                          "weighted": {0: "n", 2: "h", 3: "w"}, "classes": {0: "n", 1: "h", 2: "w"}},
-            opset_version=17,
-        )
-    return path
-
-
-def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> Path:
-    """Static int8 QDQ quantization of an exported model, calibrated on real (normalized) tiles.
-
-    Weights per channel (int8), activations per tensor (uint8), ranges by min/max over the calibration tiles.
-    The ArgMax/lookup at the end stays in float, so class values come out exactly as for fp32.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            xs = [_pad32(calibration[i: i + 1]) for i in range(len(calibration))]
-            self.items = iter([{"x": x, "w": np.ones((1, 1, *x.shape[-2:]), np.float32)} for x in xs])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = path.with_name(f".{path.stem}.{os.getpid()}.pre.onnx")
-    try:
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        with atomic_output(path) as tmp, warnings.catch_warnings():
-            # numpy's "invalid value encountered in cast" from onnxruntime's zero-point arithmetic (quant_utils)
-            # is noise to a user: the agreement check judges the quantized model's class map either way.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=_float_tail(pre))
-    finally:
-        pre.unlink(missing_ok=True)
-        for side in path.parent.glob(f".{path.stem}*.data"):
-            side.unlink(missing_ok=True)
-    return path
-
-
-def _float_tail(path: Path) -> list[str]:
-    """Names of the nodes that must stay in float: the last convolution (the logits are blended, so they
-    must not be rounded to 256 levels) and everything downstream of it (argmax, lookup)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    node = producer.get("weighted")
-    while node is not None and node.op_type != "Conv":
-        node = producer.get(node.input[0])
-    if node is None:
-        return []
-    tail, frontier = [node.name], set(node.output)
-    while frontier:
-        nxt = [n for n in graph.node if n.name not in tail and frontier & set(n.input)]
-        tail += [n.name for n in nxt]
-        frontier = {o for n in nxt for o in n.output}
-    return tail
-
 
 def build_engine(backend: str, pkg, decoder: ClassDecoder, artifact: str | None = None, batch_size: int = 8,
                  threads: int | None = None, model=None) -> Engine:
-    """Build one backend; ``artifact`` is its prepared file (ONNX for ``onnx``/``int8``, an AOTInductor
-    package for ``bf16-compiled``, see :func:`prepare_artifact`)."""
+    """Build one backend; ``artifact`` is its prepared file (ONNX for ``onnx``/``int8``/``openvino``, ``.ovz``
+    for ``openvino-int8``, an AOTInductor package for ``bf16-compiled``; see :func:`.artifacts.prepare_artifact`).
+    ``threads``: the backend's compute threads (None: its default, all cores)."""
     if backend in ARTIFACT_BACKENDS and (not artifact or not Path(artifact).is_file()):
         raise LandcoverError(f"{artifact}: the prepared model for backend {backend} is missing")
     if backend in ("onnx", "int8"):
         return OnnxEngine(artifact, backend, threads)
+    if backend in ("openvino", "openvino-int8"):
+        from .openvino import OpenVinoEngine
+
+        return OpenVinoEngine(artifact, backend, threads)
     if backend == "bf16-compiled":
         return CompiledEngine(artifact)
     model = model if model is not None else pkg.build_model()
@@ -433,168 +324,8 @@ def build_engine(backend: str, pkg, decoder: ClassDecoder, artifact: str | None 
     raise LandcoverError(f"{arg('backend', backend)}: unknown backend (choose from {', '.join(BACKENDS)})")
 
 
-def prepare_artifact(backend: str, pkg, decoder: ClassDecoder, model_hash: str,
-                     calibration: np.ndarray | None = None, model=None) -> str | None:
-    """The file a backend runs from, built once and cached under :func:`cache_dir` (None for torch eager):
-    the exported ONNX model, its int8 quantization (calibrated on ``calibration``), or the AOTInductor
-    package. Callers hold :func:`cache_lock`."""
-    if backend not in ARTIFACT_BACKENDS:
-        return None
-    folder = cache_dir() / model_hash[:16]
-
-    # The model is built only when a file must be made (~0.2 s that a run with a warm cache need not pay).
-    def built():
-        return model if model is not None else pkg.build_model()
-
-    if backend == "bf16-compiled":
-        path = compiled_path(decoder, folder)
-        return str(path if path.is_file() else compile_aoti(built(), decoder, path))
-    onnx_fp32 = folder / f"model-{decoder.key}.onnx"
-    if not onnx_fp32.is_file():
-        export_onnx(built(), decoder, onnx_fp32)
-    if backend == "onnx":
-        return str(onnx_fp32)
-    if calibration is None:
-        raise LandcoverError("int8: no valid tiles in the raster to calibrate the quantized model on")
-    int8 = folder / f"model-{decoder.key}-int8-{hashlib.sha256(calibration.tobytes()).hexdigest()[:12]}.onnx"
-    if not int8.is_file():
-        quantize_int8(onnx_fp32, calibration, int8)
-    return str(int8)
-
-
-def cache_lock(model_hash: str):
-    """A lock on the model's cache folder, so concurrent runs (and threads) do not build the same files at once."""
-    from filelock import FileLock
-
-    folder = cache_dir() / model_hash[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder / ".lock"))
-
-
 def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
-
-def _compiler_available() -> bool:
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-def _device_signature(threads: int | None) -> str:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}|ort {onnxruntime.__version__}"
-
-
-def choose_backend(pkg, decoder: ClassDecoder, calibration: np.ndarray, valid: np.ndarray, *, model_hash: str,
-                   candidates: tuple[str, ...] = CPU_BACKENDS, threads: int | None = None, tile: int | None = None,
-                   log: Callable[[str], None] | None = None) -> dict:
-    """Pick the fastest backend whose class map agrees with fp32 eager on >= 99.5 % of valid pixels.
-
-    ``calibration`` are a few real normalized tiles of the raster (N, bands, h, w) with their validity masks.
-    Returns ``{"backend", "artifact", "agreement", "mps", "key"}``. The decision and the exported models are
-    cached under :func:`cache_dir` by model hash, requested ``tile`` size (the tiles themselves are shrunk to fit
-    each raster), decoder and machine, so the measurement runs once.
-    """
-    tile = tile or list(calibration.shape[2:])
-    key = _decision_key(decoder, candidates, threads, tile)
-    decisions_path = _decisions_path(model_hash)
-    with cache_lock(model_hash):
-        decisions = _read_json(decisions_path)
-        cached = _usable(decisions.get(key))
-        if cached:
-            return cached
-        decision = _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, log)
-        decision.update(key=key, tile=tile)
-        decisions[key] = decision
-        with atomic_output(decisions_path) as tmp:
-            tmp.write_text(json.dumps(decisions, indent=1))
-    return decision
-
-
-def cached_decision(decoder: ClassDecoder, *, model_hash: str, candidates: tuple[str, ...] = CPU_BACKENDS,
-                    threads: int | None = None, tile=None) -> dict | None:
-    """The decision :func:`choose_backend` cached for these arguments, or None (then it must measure)."""
-    key = _decision_key(decoder, candidates, threads, tile)
-    with cache_lock(model_hash):
-        return _usable(_read_json(_decisions_path(model_hash)).get(key))
-
-
-def _decisions_path(model_hash: str) -> Path:
-    return cache_dir() / model_hash[:16] / "decisions.json"
-
-
-def _decision_key(decoder: ClassDecoder, candidates, threads, tile) -> str:
-    return hashlib.sha256(
-        json.dumps([tile, decoder.key, list(candidates), _device_signature(threads), GRAPH_VERSION]).encode()
-    ).hexdigest()[:16]
-
-
-def _usable(decision: dict | None) -> dict | None:
-    """A cached decision whose prepared model file still exists."""
-    if decision and (decision.get("artifact") is None or Path(decision["artifact"]).is_file()):
-        return decision
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, log) -> dict:
-    model = pkg.build_model()
-    say = log or (lambda _msg: None)
-    results: dict[str, dict] = {}
-    ones = [np.ones(calibration.shape[-2:], np.float32)]
-
-    def timed(engine: Engine) -> tuple[np.ndarray, float]:
-        engine.run([calibration[0]], ones)  # warm-up (allocations, caches)
-        t0 = time.perf_counter()
-        outs = [engine.run([t], ones)[0] for t in calibration]
-        dt = time.perf_counter() - t0
-        classes = np.stack([c if c is not None else decoder.classes(y) for y, c in outs])
-        return classes, calibration.shape[0] * calibration.shape[2] * calibration.shape[3] / dt / 1e6
-
-    engines = {"fp32": build_engine("fp32", pkg, decoder, model=model)}  # those that agree, timed again below
-    reference, ref_mps = timed(engines["fp32"])
-    results["fp32"] = {"mps": ref_mps, "agreement": 1.0}
-    say(f"backend fp32: {ref_mps:.2f} MP/s (reference)")
-    artifacts: dict[str, str | None] = {}
-    for name in candidates:
-        if name == "fp32" or (name == "bf16-compiled" and not _compiler_available()):
-            continue
-        try:
-            artifacts[name] = prepare_artifact(name, pkg, decoder, model_hash, calibration, model)
-            engine = build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model)
-            classes, mps = timed(engine)
-        except LandcoverError:
-            raise
-        except Exception as exc:  # a backend that fails to build here is simply not a candidate
-            say(f"backend {name}: unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
-            continue
-        agree = float((classes == reference)[valid].mean()) if valid.any() else 1.0
-        results[name] = {"mps": mps, "agreement": agree}
-        say(f"backend {name}: {mps:.2f} MP/s, agreement with fp32 {agree:.4%}")
-        if agree >= MIN_AGREEMENT:
-            engines[name] = engine
-    # A second round over the candidates that agree, each keeping its better time: the machine's speed drifts
-    # (here by 10-20 % within minutes, and once a compiled model timed at 60 % of its speed right after being
-    # built), and one slow moment must not decide a choice that is cached for good.
-    if len(engines) > 1:
-        for name, engine in engines.items():
-            results[name]["mps"] = max(results[name]["mps"], timed(engine)[1])
-        say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in engines) + " MP/s")
-    ok = {n: r for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT}
-    best = max(ok, key=lambda n: ok[n]["mps"])
-    return {"backend": best, "artifact": artifacts.get(best), "results": results}

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -26,7 +28,7 @@ from ..classes import class_tag, colormap_of, write_class_table
 from ..errors import LandcoverError, arg
 from ..raster import GDAL_ENV, Grid, atomic_output
 from .blend import ClassDecoder
-from .blocks import Job, block_name, profile_for
+from .blocks import Job, block_name, done_path, profile_for
 from .plan import TilePlan
 
 MANIFEST = "manifest.json"
@@ -84,6 +86,87 @@ def _first_difference(key: str, a, b) -> tuple[str, object, object]:
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def has_data(job: Job, plan: TilePlan) -> bool:
+    """Whether any pixel of the map had valid imagery, from the blocks' own statistics (no pixel is read)."""
+    work = Path(job.work)
+    for block in plan.blocks:
+        try:
+            stats = json.loads(done_path(work, block).read_text())
+            # (a block done by an earlier version has no "data": any tile it ran had valid pixels)
+            if stats.get("data", stats.get("computed", 1)):
+                return True
+        except (OSError, ValueError, TypeError, AttributeError):
+            return True  # statistics missing or unreadable: nothing to say
+    return False
+
+
+def warn_empty(job: Job, output: Path) -> None:
+    """Say that every pixel of the map is nodata (the imagery is, where it was classified).
+
+    This is known only once the blocks have run (:func:`has_data`; reading every pixel is the only way), so the
+    map is written (an extent over a scene's nodata collar gives a valid, empty map) and an
+    :class:`~landcover.classify.ImageryWarning` says why it is empty and what to check; ``landcover classify``
+    prints it as one warning line.
+    """
+    from . import ImageryWarning  # (the package imports this module first)
+
+    name = getattr(job.imagery, "name", None) or job.imagery[0]
+    part = job.window is not None and tuple(job.window) != (0, 0, job.height, job.width)  # an extent of the raster
+    within, extent = (f" within the {arg('extent')}", f"the {arg('extent')} and ") if part else ("", "")
+    warnings.warn(f"{name}: every pixel{within} is nodata, so {output} holds no class; check {extent}the "
+                  "imagery's nodata value (gdalinfo shows it, gdal_edit -a_nodata or -unsetnodata changes it)",
+                  ImageryWarning, stacklevel=3)
+
+
+# --- leftovers of an interrupted run ---------------------------------------------------------------------------
+
+def partial_name_pattern(output: Path) -> re.Pattern:
+    """The names :func:`~landcover.raster.atomic_output` gives ``output``'s temporary file and its sidecars:
+    ``.<stem>.<8 hex>.partial<suffix>`` and ``.<stem>.<8 hex>.partial.<sidecar>``."""
+    return re.compile(rf"\.{re.escape(output.stem)}\.[0-9a-f]{{8}}\.partial(\..+)?")
+
+
+def clear_leftovers(output: Path, probabilities: Path | None = None) -> list[Path]:
+    """Remove what a killed run left beside ``output`` (and ``probabilities``); returns what was removed.
+
+    A kill while the COG was written leaves its hidden temporary file (``.<stem>.<hex>.partial.tif``, often 0
+    bytes) forever: only files matching that exact pattern for these outputs are removed. A kill right after the
+    COG was renamed into place leaves ``<output>.blocks/``: it is removed only when the output is complete and
+    newer than the run's manifest (that run had finished). The work folder of an unfinished run, which
+    ``resume`` continues, is never touched.
+    """
+    removed: list[Path] = []
+    for out in (output, probabilities):
+        if out is None or out.suffix.lower() not in (".tif", ".tiff") or not out.parent.is_dir():
+            continue
+        pattern = partial_name_pattern(out)
+        for leftover in out.parent.iterdir():
+            if pattern.fullmatch(leftover.name) and leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    work = work_dir(output)
+    if work.is_dir() and _finished(work, output):
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(work)
+    return removed
+
+
+def _finished(work: Path, output: Path) -> bool:
+    """Whether ``work`` is the work folder of a run that wrote ``output``: the output opens with the grid of
+    the run's manifest and was written after it (a later run that was stopped has a newer manifest)."""
+    manifest = read_manifest(work)
+    if not manifest or not output.is_file():
+        return False
+    try:
+        if output.stat().st_mtime_ns <= (work / MANIFEST).stat().st_mtime_ns:
+            return False
+        grid = manifest["grid"]
+        with rasterio.open(output) as ds:
+            return (ds.width, ds.height) == (grid["width"], grid["height"])
+    except (OSError, KeyError, TypeError, rasterio.errors.RasterioError, CPLE_BaseError):
+        return False
 
 
 # --- seams ----------------------------------------------------------------------------------------------------
@@ -235,6 +318,7 @@ def finish(job: Job, plan: TilePlan, decoder: ClassDecoder, classes, output: Pat
     """
     work = Path(job.work)
     grid = job.grid
+    empty = not has_data(job, plan)
     with rasterio.Env(**GDAL_ENV):
         for piece in plan.pieces():
             if not plan.is_interior(piece):
@@ -256,3 +340,5 @@ def finish(job: Job, plan: TilePlan, decoder: ClassDecoder, classes, output: Pat
             (work / "probabilities.vrt").write_text(probabilities_vrt(grid, pfiles, classes))
             _copy_cog(work / "probabilities.vrt", ptmp, probabilities, "AVERAGE")
     shutil.rmtree(work, ignore_errors=True)
+    if empty:
+        warn_empty(job, output)

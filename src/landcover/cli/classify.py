@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._imagery import add_imagery_arguments, imagery_spec
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -11,8 +13,7 @@ def register(sub) -> None:
         "cluster, and the result is a cloud-optimized GeoTIFF with colour table, class names and a QGIS style.",
     )
     p.add_argument("--model", required=True, help="model package: .emd, .dlpk or package folder")
-    p.add_argument("--imagery", required=True, nargs="+", metavar="IMG",
-                   help="one raster, or several rasters on one grid whose bands are stacked in order (e.g. rgb.tif nir.tif)")
+    add_imagery_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT.tif", help="classified raster to write")
     p.add_argument("--padding", type=int, help="context pixels on each tile side (default: a quarter of the "
                    "tile; 64 with --tile-size 1024 is about 3x faster)")
@@ -35,24 +36,32 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--backend", default="auto", help="auto (default: fastest that agrees with fp32 on >= "
                    "99.5%% of pixels; the GPU where there is one), cpu (auto without the GPU), fp32, bf16, "
-                   "bf16-compiled, onnx, int8 or cuda")
+                   "bf16-compiled, onnx, int8, openvino, openvino-int8 or cuda")
+    p.add_argument("--threads", type=int, metavar="N", help="compute threads of the whole run, shared by its "
+                   "--workers (default: $LANDCOVER_THREADS, else the cores); the summary line says the split")
     p.add_argument("--block-size", type=int, help="block edge in pixels (default 4096, smaller on a cluster so "
                    "that each worker gets several): the unit of work, of resuming and of Dask tasks")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    p.add_argument("--server", metavar="URL", help="submit the job to a `landcover serve` service and follow it "
+                   "(--model: an installed model; --imagery: the service's paths or URLs; token: $LANDCOVER_TOKEN)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..classify import CellSizeWarning, classify_pixels
+    if args.server:
+        from ..server.client import classify_on_server
+
+        return classify_on_server(args)
+    from ..classify import CellSizeWarning, ImageryWarning, classify_pixels
     from . import own_warnings, warning_line
 
-    with own_warnings(CellSizeWarning, warning_line("classify")):
+    with own_warnings((CellSizeWarning, ImageryWarning), warning_line("classify")):
         classify_pixels(
-            args.imagery if len(args.imagery) > 1 else args.imagery[0], args.model, args.out,
+            imagery_spec(args), args.model, args.out, bands=args.bands,
             padding=args.padding, batch_size=args.batch_size, predict_background=not args.no_predict_background,
             test_time_augmentation=args.tta, tile_size=args.tile_size, extent=args.extent,
             extent_crs=args.extent_crs, cell_size=args.cell_size, probabilities=args.probabilities,
             scheduler=args.scheduler, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-            backend=args.backend, block_size=args.block_size, progress=not args.quiet,
+            backend=args.backend, block_size=args.block_size, progress=not args.quiet, threads=args.threads,
         )
     return 0
