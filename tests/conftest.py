@@ -66,3 +66,16 @@ def make_raster(tmp_path):
         return write_raster(tmp_path / name, array, **kw)
 
     return _make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_weight_downloads(tmp_path_factory):
+    """No test downloads pretrained weights: every model built without ``pretrained=`` would otherwise fetch
+    ImageNet weights. ``LANDCOVER_OFFLINE=1`` makes that default start from random weights at once and quietly
+    (no DNS wait, no warning line in the output tests compare), and the cache is a temporary folder, so a
+    user's cached weights never leak into a test. tests/test_pretrained.py lifts both for its loopback server.
+    Set in ``os.environ``, so the CLI and subprocesses the tests start inherit them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LANDCOVER_OFFLINE", "1")
+        mp.setenv("LANDCOVER_CACHE", str(tmp_path_factory.mktemp("landcover-cache")))
+        yield

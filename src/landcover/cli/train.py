@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from ..errors import LandcoverError
@@ -57,7 +58,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA", help="Classified Tiles folder(s) from `landcover export` "
                    "or ArcGIS Export Training Data For Deep Learning; several folders are merged")
     # No `choices`: listing them would import torch for every `landcover --help`; the model names them.
-    p.add_argument("--backbone", default="resnet34", help="encoder: resnet18, resnet34 (default) or resnet50")
+    p.add_argument("--backbone", default="auto", help="encoder: resnet18, resnet34 or resnet50 (default auto: "
+                   "resnet18 below 4 million labelled training pixels, else resnet34)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="chips per batch (default 16)")
     p.add_argument("--chip-size", type=positive_int, help="training crop in pixels (default: the exported chip "
                    "size)")
@@ -72,8 +74,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm-pct", type=upper_fraction, metavar="F", help="fraction (0 < F <= 1) of the training "
                    "chips read for the band statistics when the export has none; with fewer than 300 training "
                    "chips all are read (default: 256 chips at random)")
-    p.add_argument("--pretrained", metavar="PATH_OR_URL", help="ImageNet ResNet weights (torchvision/timm, "
-                   ".pth or .safetensors, file or URL) or a saved landcover model to start from")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--pretrained", metavar="NAME_OR_FILE", help="weights to start from: published weights "
+                       "by name (imagenet, the default; ssl4eo-s2, ssl4eo-landsat, ssl4eo-landsat-oli-sr ... "
+                       "matched to the bands by name; downloaded once into $LANDCOVER_CACHE), a ResNet "
+                       "checkpoint (torchvision/timm, .pth or .safetensors, file or URL) or a saved landcover "
+                       "model")
+    start.add_argument("--no-pretrained", action="store_true", help="start from random weights (no download)")
     p.add_argument("--class-balancing", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--focal-loss", action="store_true", help="focal cross-entropy (gamma 2)")
     p.add_argument("--dice-loss-fraction", type=fraction, default=0.0, help="mix in a Dice loss (0..1)")
@@ -83,6 +90,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    "with Beta(0.4, 0.4) weights, the loss blended to match")
     p.add_argument("--ignore-classes", type=int, nargs="+", default=[], metavar="V",
                    help="class values that incur no loss (needs more than two classes)")
+    p.add_argument("--sampling", choices=["auto", "mosaic", "chips"], default="auto", help="training windows: "
+                   "auto (default) draws new random windows anywhere in the labelled area every epoch when the "
+                   "chips are GeoTIFFs on one grid (validation chips' footprints withheld), else random crops of "
+                   "the chips; mosaic requires the windows; chips always crops the chips")
+    p.add_argument("--no-augment", action="store_true", help="no flips/rotations and no brightness/contrast "
+                   "jitter (default: both)")
     p.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed (default: "
                    "bf16 autocast on a CPU with native bf16, mixed precision on a GPU)")
 
@@ -99,15 +112,22 @@ def register(sub) -> None:
     train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model package folder to write (new or "
                        "empty; a model package there is only replaced with --overwrite)")
     train.add_argument("--overwrite", action="store_true", help="replace the model package in MODEL_DIR")
-    train.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10); with --resume the "
-                       "run's total, more than the checkpoint has done")
+    train.add_argument("--epochs", type=positive_int, help="epochs (default: sized from the data, about 300 "
+                       "steps within 10..100 epochs); with --resume the run's total, more than the checkpoint "
+                       "has done")
     train.add_argument("--lr", type=parse_lr, help="learning rate (1e-4) or range from the first encoder stage "
                        "to the head (3e-5:1e-4); default: found with the learning-rate finder")
+    train.add_argument("--max-minutes", type=_number(float, 0.0, closed=False, what="a number of minutes above 0"),
+                       metavar="M", help="stop training after M minutes, keeping the best epoch so far (default: "
+                       "no limit)")
     train.add_argument("--constant-lr", action="store_true", help="constant rate instead of one-cycle")
-    train.add_argument("--early-stopping", action="store_true",
-                       help="stop after 5 epochs without improvement of --monitor")
-    train.add_argument("--monitor", default="valid_loss", choices=["valid_loss", "accuracy", "miou"],
-                       help="metric for the best checkpoint and early stopping (default valid_loss)")
+    stop = train.add_mutually_exclusive_group()
+    stop.add_argument("--early-stopping", action="store_true", help="stop when --monitor has not improved for "
+                      "a quarter of the epochs (at least 5), keeping the best epoch (the default)")
+    stop.add_argument("--no-early-stopping", action="store_true", help="train all the epochs (the best epoch "
+                      "is still kept)")
+    train.add_argument("--monitor", default="miou", choices=["valid_loss", "accuracy", "miou"],
+                       help="metric for the best checkpoint and early stopping (default miou)")
     train.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt (or a best-*.ckpt) in "
                        "models/checkpoints/<date>_<time>/, with the same data, --backbone and bands: with the "
                        "run's own --epochs it goes on as it would have, with more a new one-cycle runs over the "
@@ -124,7 +144,8 @@ def register(sub) -> None:
     lr = sub.add_parser("lr-find", help="plot loss against learning rate and suggest a rate",
                         description="Learning-rate range test on the training chips; writes the plot.")
     _data_args(lr)
-    lr.add_argument("--out", required=True, metavar="PNG", help="plot to write (e.g. lr.png)")
+    lr.add_argument("--out", required=True, metavar="PNG", help="plot to write (e.g. lr.png; .svg, .pdf, .jpg)")
+    lr.add_argument("--overwrite", action="store_true", help="replace an existing plot")
     lr.add_argument("--steps", type=positive_int, default=100, help="batches to test (default 100)")
     lr.set_defaults(func=run_lr_find)
 
@@ -139,16 +160,23 @@ def _prepare(args, working_dir: Path):
         data = prepare_data(args.data, batch_size=args.batch_size, chip_size=args.chip_size,
                             val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
                             working_dir=working_dir, extract_bands=bands, stratify=args.stratify,
-                            norm_pct=args.norm_pct)
+                            norm_pct=args.norm_pct, sampling=args.sampling,
+                            transforms=False if args.no_augment else None)
     except ExtractBandsError as exc:
         # The API counts bands from 0, the CLI (as GDAL) from 1.
         n = exc.band_count
         raise LandcoverError(f"--extract-bands {' '.join(map(str, args.extract_bands))}: give distinct bands "
                              f"from 1 to {n} (the chips have {n} band{'s' if n != 1 else ''})") from None
-    model = UnetClassifier(data, backbone=args.backbone, pretrained_path=args.pretrained,
-                           class_balancing=args.class_balancing, focal_loss=args.focal_loss,
-                           dice_loss_fraction=args.dice_loss_fraction, ignore_classes=args.ignore_classes,
-                           mixup=args.mixup, dice_loss_average=args.dice_loss_average)
+    from ..model.weights import PretrainedWeightsWarning
+    from . import own_warnings, warning_line
+
+    # Default weights that cannot be downloaded: one warning line, and training goes on from random weights.
+    with own_warnings(PretrainedWeightsWarning, warning_line(getattr(args, "command", None) or "train")):
+        model = UnetClassifier(data, backbone=args.backbone, pretrained_path=args.pretrained,
+                               class_balancing=args.class_balancing, focal_loss=args.focal_loss,
+                               dice_loss_fraction=args.dice_loss_fraction, ignore_classes=args.ignore_classes,
+                               mixup=args.mixup, dice_loss_average=args.dice_loss_average,
+                               pretrained=not args.no_pretrained)
     return data, model
 
 
@@ -172,9 +200,21 @@ def run_train(args) -> int:
     check_writable_dir(out.parent)
     data, model = _prepare(args, out.parent)
     print(data, flush=True)
-    model.fit(args.epochs, lr=args.lr, one_cycle=not args.constant_lr, early_stopping=args.early_stopping,
+    from ..data.mosaic import WindowDataset
+    from ..train.recipe import auto_epochs, auto_patience, training_pixels
+
+    epochs = args.epochs or auto_epochs(data)
+    patience = 0 if args.no_early_stopping else auto_patience(epochs)
+    print(f"recipe: {model.backbone} ({training_pixels(data):,} labelled training pixels), {epochs} epochs"
+          f"{'' if args.epochs else ' (sized from the data)'}, "
+          + (f"early stopping after {patience} epochs without a better {args.monitor}, " if patience else "")
+          + ("random windows of the whole labelled area" if isinstance(data.train_ds, WindowDataset)
+             else "random crops of the chips")
+          + (", no augmentation" if args.no_augment else ", flips/rotations and band jitter"), flush=True)
+    model.fit(epochs, lr=args.lr, one_cycle=not args.constant_lr, early_stopping=patience,
               monitor=args.monitor, tensorboard=args.tensorboard, resume=args.resume, devices=args.devices,
-              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision)
+              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
+              **({"max_time": timedelta(minutes=args.max_minutes)} if args.max_minutes else {}))
     if not model.is_main_process:
         return 0
     with tempfile.TemporaryDirectory(prefix="landcover-train-") as tmp:
@@ -193,15 +233,35 @@ def run_train(args) -> int:
     return 0
 
 
+#: plot formats lr-find writes (matplotlib's, by file name)
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def _check_plot_out(out: Path, args) -> None:
+    """The plot is an output like any other: a plot name, not a file of the training data it is made from
+    (with or without --overwrite), and an existing file only with --overwrite."""
+    from ..raster import check_output
+    from . import refuse_existing
+
+    check_output(args.out, PLOT_SUFFIXES, "plot")
+    for folder in args.data:
+        data = Path(folder).resolve()
+        if out.exists() and (out == data or data in out.parents):
+            raise LandcoverError(f"{args.out}: would replace a file of the training data {folder}; write the plot "
+                                 "outside it")
+    refuse_existing(args.overwrite, args.out)
+
+
 def run_lr_find(args) -> int:
     from ..raster import atomic_output, check_writable_dir
 
     out = Path(args.out).resolve()
+    _check_plot_out(out, args)
     check_writable_dir(out.parent)
     _, model = _prepare(args, out.parent)
     suggestion = model.lr_find(allow_plot=False, num_steps=args.steps, precision=args.precision)
     with atomic_output(out) as tmp:
-        model.lr_figure().savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
+        model.lr_figure().savefig(tmp, dpi=100, format=out.suffix.lower().lstrip(".").replace("jpeg", "jpg"))
     print(f"suggested learning rate: {suggestion:.2e} (e.g. --lr {suggestion / 10:.1e}:{suggestion:.1e})")
     print(f"plot: {out}")
     return 0

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..classes import ClassInfo, generated_classes
 from ..errors import LandcoverError, arg
 from .loader import ChipDataset, read_chip, read_label
+from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic
 from .show import rgb_band_indices
 from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
 from .transforms import Augment, Transform
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 NORM_SAMPLE_CHIPS = 256
 #: with ``norm_pct``, fewer training chips than this are all read (arcgis.learn forces norm_pct to 1 below 300)
 NORM_PCT_ALL_BELOW = 300
+#: prepare_data(sampling=...): random windows of the chips' mosaic when possible, always, or the chips' own crops
+SAMPLING = ("auto", "mosaic", "chips")
 #: the one dataset type (export metadata format) a pixel classifier trains on
 DATASET_TYPE = "Classified_Tiles"
 
@@ -148,7 +151,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
                  num_workers: int | None = None, working_dir: str | os.PathLike | None = None,
                  extract_bands: Sequence[int] | None = None, rgb_bands: Sequence[int] | None = None,
                  norm_pct: float | None = None, stratify: bool = False, dataset_type: str | None = None,
-                 ) -> ClassifiedTilesData:
+                 sampling: str = "auto") -> ClassifiedTilesData:
     """Read one or more Classified Tiles folders (``landcover export`` or ArcGIS Pro) into training data.
 
     Class values map to contiguous indices (0 = no data, ignored by the loss and the metrics); every label chip
@@ -175,8 +178,15 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     at least 2 chips — is represented in both training and validation where possible (default: a random
     split); both are reproducible for a ``seed``. ``dataset_type``: None (taken from the export) or
     ``"Classified_Tiles"``, the only type a pixel classifier trains on.
+
+    ``sampling`` (landcover's own): ``"auto"`` (default) trains on new random windows of the whole labelled
+    area every epoch when the training chips are georeferenced on one grid and few enough to hold in memory
+    (see :mod:`.mosaic`; validation chips' footprints are withheld from training), else on random crops of
+    the chips; ``"mosaic"`` requires the windows, ``"chips"`` always uses the chips.
     """
     _check_dataset_type(dataset_type)
+    if sampling not in SAMPLING:
+        raise LandcoverError(f"{arg('sampling', sampling)}: choose one of {', '.join(SAMPLING)}")
     paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     if not paths:
         raise LandcoverError("prepare_data: give at least one training data folder")
@@ -249,7 +259,14 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
                              "(image, label) -> (image, label)")
     crop = size if (size < h or size < w) else None
     # read_chip slices only when the selection is not all bands in order
-    train_ds = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop, transform=transform, bands=bands)
+    train_ds: ChipDataset | WindowDataset = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop,
+                                                        transform=transform, bands=bands)
+    mosaic = build_mosaic(train_pairs, valid_pairs, lut, nodata, bands) if sampling != "chips" else None
+    if mosaic is not None:
+        train_ds = WindowDataset(mosaic, size, train_ds)
+    elif sampling == "mosaic":
+        raise LandcoverError(f"{paths[0]}: {arg('sampling', 'mosaic')} needs GeoTIFF chips on one grid, at most "
+                             f"{MOSAIC_MAX_CHIPS} of them; give {arg('sampling', 'chips')} or 'auto'")
     valid_ds = ChipDataset(valid_pairs, lut, mean, std, nodata, bands=bands)
     chip_names = _band_names(exports, header)
     names = [chip_names[b] for b in bands]

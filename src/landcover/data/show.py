@@ -102,6 +102,7 @@ def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, nco
     bands = list(data.rgb_bands) if rgb_bands is None else check_rgb_bands(rgb_bands, data.band_names)
 
     ds = data.train_ds if loader == "training" else data.valid_ds
+    ds = getattr(ds, "chips", ds)  # random windows of the training area: show the chips they are drawn from
     n = min(rows * ncols, len(ds))
     rows = max(1, -(-n // ncols))
     fig, axes = new_figure(rows, ncols, size)

@@ -38,22 +38,33 @@ def dihedral(image: torch.Tensor, label: torch.Tensor, k: int) -> tuple[torch.Te
 class Augment:
     """The default training augmentation: a random dihedral transform and brightness/contrast jitter.
 
-    ``brightness`` shifts all bands by up to that many standard deviations; ``contrast`` scales them by a factor
-    between ``1/contrast`` and ``contrast``. Pixels are already normalized (zero mean, unit variance).
+    ``brightness`` shifts the bands by up to that many standard deviations; ``contrast`` scales them by a
+    factor between ``1/contrast`` and ``contrast``. Pixels are already normalized (zero mean, unit variance).
+    ``per_band``: each band's shift and scale is half a draw shared by all bands (sun, haze) and half its own
+    (calibration, season differ per band), within the same bounds; False: one draw for all bands.
     """
 
-    def __init__(self, flips: bool = True, brightness: float = 0.2, contrast: float = 1.25):
-        self.flips, self.brightness, self.contrast = flips, brightness, contrast
+    def __init__(self, flips: bool = True, brightness: float = 0.2, contrast: float = 1.25, per_band: bool = True):
+        self.flips, self.brightness, self.contrast, self.per_band = flips, brightness, contrast, per_band
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.flips:
             image, label = dihedral(image, label, int(torch.randint(0, 8, ())))
         if self.contrast > 1 or self.brightness > 0:
             log_c = torch.log(torch.tensor(float(self.contrast)))
-            scale = torch.exp((torch.rand(()) * 2 - 1) * log_c)
-            shift = (torch.rand(()) * 2 - 1) * self.brightness
+            scale = torch.exp(_jitter(image.shape[0], self.per_band) * log_c)
+            shift = _jitter(image.shape[0], self.per_band) * self.brightness
             image = image * scale + shift
         return image.contiguous(), label.contiguous()
 
     def __repr__(self) -> str:
-        return f"Augment(flips={self.flips}, brightness={self.brightness}, contrast={self.contrast})"
+        return (f"Augment(flips={self.flips}, brightness={self.brightness}, contrast={self.contrast}, "
+                f"per_band={self.per_band})")
+
+
+def _jitter(bands: int, per_band: bool) -> torch.Tensor:
+    """Uniform draws in [-1, 1] shaped ``(bands, 1, 1)``: the mean of a shared and a per-band draw, or one draw."""
+    shared = torch.rand(()) * 2 - 1
+    if not per_band:
+        return shared.expand(bands, 1, 1)
+    return (shared + (torch.rand(bands, 1, 1) * 2 - 1)) / 2

@@ -1,0 +1,84 @@
+"""The training recipe's data-sized defaults: backbone, epochs and early-stopping patience, and the in-memory
+copy of the best epoch's weights that early stopping restores.
+
+Sizes come from the data because the right choice differs by orders of magnitude between a few dozen chips
+and a few thousand: a small set overfits a large encoder and needs many passes to see enough random windows;
+a large set is served well by arcgis.learn's defaults (ResNet-34, about ten epochs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import lightning.pytorch as L
+import torch
+
+if TYPE_CHECKING:
+    from ..data import ClassifiedTilesData
+
+#: labelled training pixels below which the smaller ResNet-18 is chosen (about 60 chips of 256 x 256);
+#: above it ResNet-34, arcgis.learn's default
+SMALL_SET_PIXELS = 4_000_000
+#: optimizer steps the sized epoch count aims at: enough for a one-cycle schedule to converge on a small set
+TARGET_STEPS = 300
+#: the sized epoch count stays within these bounds (arcgis.learn's examples train about 10 epochs on large sets)
+MIN_EPOCHS, MAX_EPOCHS = 10, 100
+#: early stopping waits at least this many epochs (arcgis.learn's patience) ...
+MIN_PATIENCE = 5
+#: ... or this fraction of the run: a one-cycle schedule's high-rate phase makes validation noisy for a while
+PATIENCE_FRACTION = 0.25
+
+
+def training_pixels(data: ClassifiedTilesData) -> int:
+    """Labelled pixels of the training area: those of the training chips' mosaic when there is one (each pixel
+    once however much the chips overlap), else the data's count less the validation chips' share."""
+    mosaic = getattr(data.train_ds, "mosaic", None)
+    if mosaic is not None:
+        return int((mosaic.label > 0).sum())
+    total = sum(data.class_pixel_counts.values())
+    n_train, n_valid = len(data.train_ds), len(data.valid_ds)
+    return int(total * n_train / max(1, n_train + n_valid))
+
+
+def auto_backbone(data: ClassifiedTilesData) -> str:
+    """ResNet-18 for small sets (fewer than ``SMALL_SET_PIXELS`` labelled training pixels), else ResNet-34."""
+    return "resnet18" if training_pixels(data) < SMALL_SET_PIXELS else "resnet34"
+
+
+def steps_per_epoch(data: ClassifiedTilesData) -> int:
+    """Optimizer steps in one epoch (the training loader drops a last partial batch when there are more)."""
+    n, batch = len(data.train_ds), int(data.batch_size)
+    return max(1, n // batch) if n > batch else 1
+
+
+def auto_epochs(data: ClassifiedTilesData) -> int:
+    """Epochs for about ``TARGET_STEPS`` steps, within ``MIN_EPOCHS``..``MAX_EPOCHS``: many passes over a
+    few dozen chips (new random windows each time), arcgis.learn's ten over thousands."""
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch(data)))))
+
+
+def auto_patience(epochs: int) -> int:
+    """Early-stopping patience for a run of ``epochs``: ``MIN_PATIENCE`` or a quarter of the run."""
+    return max(MIN_PATIENCE, int(epochs * PATIENCE_FRACTION))
+
+
+class BestWeights(L.Callback):
+    """Keeps a CPU copy of the network's weights at the best validation ``monitor`` value so far; ``fit``
+    restores it at the end when no checkpoint file holds the best epoch (``checkpoint=False``)."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if math.isnan(value):
+            return
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best, self.best_epoch = value, trainer.current_epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
