@@ -16,9 +16,10 @@ import sys
 import warnings
 
 from ..errors import LandcoverError, cli_spelling
+from ..gdal_messages import routed as routed_gdal_messages
 
 #: Subcommand modules, in workflow order.
-COMMANDS = ("export", "train", "classify", "evaluate", "demo")
+COMMANDS = ("export", "train", "classify", "evaluate", "demo", "interop", "serve")
 #: commands whose interrupted run continues with --resume
 RESUMABLE = ("classify",)
 
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with cli_spelling():  # messages name arguments as the flags the user typed
+        # messages name arguments as the flags the user typed; GDAL's own messages go through one handler
+        with cli_spelling(), routed_gdal_messages(getattr(args, "out", None)):
             return int(args.func(args) or 0)
     except LandcoverError as exc:
         print(f"landcover {args.command}: error: {exc}", file=sys.stderr)
