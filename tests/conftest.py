@@ -78,4 +78,7 @@ def no_weight_downloads(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LANDCOVER_OFFLINE", "1")
         mp.setenv("LANDCOVER_CACHE", str(tmp_path_factory.mktemp("landcover-cache")))
+        # torch.compile's (bf16-compiled backend) cache goes to /tmp/torchinductor_<user> by default, where it
+        # stays after the run (~370 MB): inside the session's temporary tree it goes with it
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
         yield
