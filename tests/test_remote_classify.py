@@ -144,3 +144,23 @@ def test_bad_remote_inputs_are_one_line_exit_2_and_leave_nothing(http_server, pa
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
         assert not chips.exists()
+
+
+def test_export_and_evaluate_read_labels_and_maps_over_http(http_server, package, tmp_path):  # noqa: F811
+    """Every command takes URLs: labels for export, and a map and its reference for evaluate and areas."""
+    from landcover import class_areas, evaluate
+
+    image = _cog(http_server.root / _name(), size=128)
+    labels = http_server.root / _name()
+    with rasterio.open(image) as ds:
+        prof = dict(ds.profile, driver="GTiff", count=1, nodata=None)
+        lab = (ds.read(1) > 127).astype("uint8") + 1
+    with rasterio.open(labels, "w", **prof) as ds:
+        ds.write(lab, 1)
+    chips = tmp_path / "chips"
+    assert main(["export", "--imagery", http_server.url(image.name), "--labels", http_server.url(labels.name),
+                 "--out", str(chips), "--tile-size", "64", "--quiet"]) == 0
+    assert len(list((chips / "labels").glob("*.tif"))) == 9
+    report = evaluate(http_server.url(labels.name), http_server.url(labels.name))
+    assert report.overall_accuracy == 1.0
+    assert sum(row.pixels for row in class_areas(http_server.url(labels.name)).rows) == 128 * 128

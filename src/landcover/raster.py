@@ -77,9 +77,26 @@ GDAL_ENV = {"CPL_LOG": os.devnull, "GDAL_CACHEMAX": 128 * 2**20, "GDAL_DISABLE_R
             **{k: v for k, v in REMOTE_GDAL_ENV.items() if k != "GDAL_DISABLE_READDIR_ON_OPEN"}}
 
 
+#: URL schemes and the GDAL virtual file systems that read them
+URL_SCHEMES = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/"}
+
+
+def gdal_path(spec: str) -> str:
+    """The path GDAL opens for ``spec``: ``https://h/k`` → ``/vsicurl/https://h/k``, ``s3://b/k`` → ``/vsis3/b/k``,
+    ``gs://b/k`` → ``/vsigs/b/k``; anything else (a local path, a GDAL virtual path) unchanged."""
+    s = str(spec)
+    low = s.lower()
+    for scheme, prefix in URL_SCHEMES.items():
+        if low.startswith(scheme):
+            # /vsicurl/ takes the whole URL; the object-store handlers take bucket/key
+            return prefix + (s if prefix == "/vsicurl/" else s[len(scheme):])
+    return s
+
+
 def open_raster(path: str | os.PathLike, what: str = "raster"):
-    """Open a raster for reading, or raise a one-line :class:`LandcoverError` naming the file."""
-    p = str(path)
+    """Open a raster for reading (a path, a GDAL virtual path or a URL: see :func:`gdal_path`), or raise a
+    one-line :class:`LandcoverError` naming the file."""
+    p = gdal_path(str(path))
     if not p.startswith(("/vsi", "<VRTDataset")) and not Path(p).exists():
         raise LandcoverError(f"{p}: {what} file not found")
     try:

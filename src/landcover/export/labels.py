@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from ..areas import check_class_values, class_mask
 from ..classes import ClassInfo, read_class_table
 from ..errors import LandcoverError, arg
-from ..raster import Grid, GridReader, open_raster
+from ..raster import Grid, GridReader, gdal_path, open_raster
 
 log = logging.getLogger("landcover")
 
@@ -43,7 +43,7 @@ CHIP_MAX_CLASS = 255
 def open_labels(path: str | os.PathLike, grid: Grid, class_field: str | None = None,
                 buffer_radius: float = 0.0) -> RasterLabels | VectorLabels:
     """Open ``path`` as raster or vector labels for ``grid``; raises if it does not overlap the grid."""
-    p = str(path)
+    p = gdal_path(str(path))  # a URL is read through GDAL's network file systems
     if not p.startswith("/vsi") and not Path(p).exists():
         raise LandcoverError(f"{p}: labels file not found")
     if Path(p).suffix.lower() in VECTOR_SUFFIXES:

@@ -20,9 +20,9 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from ..errors import LandcoverError
-from ..raster import REMOTE_GDAL_ENV, TIMEOUT_S
+from ..raster import REMOTE_GDAL_ENV, TIMEOUT_S, gdal_path
+from ..raster import URL_SCHEMES as _SCHEMES
 
-_SCHEMES = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/"}
 _VSI_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/")
 
 def is_remote(spec: str) -> bool:
@@ -30,18 +30,6 @@ def is_remote(spec: str) -> bool:
     /vsigs/ path."""
     s = str(spec)
     return s.lower().startswith(tuple(_SCHEMES)) or s.startswith(_VSI_PREFIXES)
-
-
-def gdal_path(spec: str) -> str:
-    """The path GDAL opens for ``spec``: ``https://h/k`` → ``/vsicurl/https://h/k``, ``s3://b/k`` → ``/vsis3/b/k``,
-    ``gs://b/k`` → ``/vsigs/b/k``; anything else (a local path, a GDAL virtual path) unchanged."""
-    s = str(spec)
-    low = s.lower()
-    for scheme, prefix in _SCHEMES.items():
-        if low.startswith(scheme):
-            # /vsicurl/ takes the whole URL; the object-store handlers take bucket/key
-            return prefix + (s if prefix == "/vsicurl/" else s[len(scheme):])
-    return s
 
 
 def _url(spec: str) -> str | None:
