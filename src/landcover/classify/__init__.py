@@ -183,7 +183,7 @@ def classify_pixels(
         raw = bool(pkg.input_dtype) and np.dtype(pkg.input_dtype).kind in "iu"
         source = resolve(input_raster, "input_raster", bands or _trained_bands(input_raster, pkg), raw=raw)
     with rasterio.Env(**GDAL_ENV), source.open() as ds:
-        _check_imagery(ds, pkg, source.name)
+        check_imagery(ds, pkg, source.name)
         grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=source.name)
         if cell_size is None:
             _check_cell_size(grid, pkg, source.name)
@@ -378,7 +378,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_imagery(ds, pkg, name: str) -> None:
+def check_imagery(ds, pkg, name: str) -> None:
     """The raster must be georeferenced and have the bands and the pixel type the model was trained on."""
     require_crs(ds, name)
     need = max(pkg.extract_bands) + 1

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_root
 from ..errors import LandcoverError, arg
 from .blend import ClassDecoder
 
@@ -38,10 +39,8 @@ GRAPH_VERSION = 2
 
 
 def cache_dir() -> Path:
-    """Where exported models and backend decisions are kept (``$LANDCOVER_CACHE`` or ~/.cache/landcover)."""
-    root = os.environ.get("LANDCOVER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "landcover")
-    return Path(root) / "classify"
+    """Where exported models and backend decisions are kept: ``classify/`` in :func:`landcover.cache.cache_root`."""
+    return cache_root() / "classify"
 
 
 def weights_hash(pkg) -> str:

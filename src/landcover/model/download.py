@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..cache import cache_root
 from ..errors import LandcoverError
 
 #: seconds to wait for the server to connect or send more bytes before the network counts as unreachable
@@ -42,13 +43,8 @@ class OfflineMode(DownloadFailed):
 
 
 def weights_cache_dir() -> Path:
-    """``<cache>/weights``, beside classify's ``<cache>/classify``: the root is chosen as
-    :func:`landcover.classify.engine.cache_dir` chooses it (``$LANDCOVER_CACHE``, else
-    ``$XDG_CACHE_HOME/landcover`` or ``~/.cache/landcover``). Not imported from there: training must not load
-    the inference engine."""
-    root = os.environ.get("LANDCOVER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "landcover")
-    return Path(root) / "weights"
+    """``weights/`` in :func:`landcover.cache.cache_root`, beside classify's ``classify/``."""
+    return cache_root() / "weights"
 
 
 def offline() -> bool:

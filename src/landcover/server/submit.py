@@ -91,7 +91,7 @@ def validate(req: JobRequest, roots: DataRoots, pkg) -> tuple[dict, dict]:
     ``pkg`` is the installed model's loaded package. Raises :class:`ApiError` naming the problem."""
     import rasterio
 
-    from ..classify import _check_imagery
+    from ..classify import check_imagery
     from ..classify.engine import BACKENDS
     from ..raster import GDAL_ENV, Grid, target_grid
     from ..sources import resolve
@@ -120,7 +120,7 @@ def validate(req: JobRequest, roots: DataRoots, pkg) -> tuple[dict, dict]:
                 if outside:
                     raise ApiError(403, f"{imagery['items'][0]}: reads {outside[0]}, which is outside the service's "
                                         "data root")
-                _check_imagery(ds, pkg, source.name)
+                check_imagery(ds, pkg, source.name)
                 target_grid(Grid.of(ds), req.extent, req.extent_crs, req.cell_size, name=source.name)
     except LandcoverError as exc:
         raise ApiError(422, str(exc)) from None
