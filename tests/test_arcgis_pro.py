@@ -45,7 +45,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory) -> Path:
     """A venv (no pip) whose site-packages holds links to numpy, torch, safetensors and what importing them
-    imports, from this interpreter's site-packages; landcover is not importable there."""
+    imports, from this interpreter's site-packages; landcover is not importable there.
+
+    ``$LANDCOVER_TEST_PRO_PYTHON``: another interpreter to run the harness with instead, e.g. a venv holding
+    the torch release an ArcGIS Pro version ships (``pip install torch==2.9.1 numpy safetensors``)."""
+    other = os.environ.get("LANDCOVER_TEST_PRO_PYTHON")
+    if other:
+        check = subprocess.run([other, "-c", "import landcover"], capture_output=True, text=True, env=_env())
+        assert check.returncode != 0 and "No module named 'landcover'" in check.stderr
+        return Path(other)
     venv = tmp_path_factory.mktemp("bare") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"

@@ -186,6 +186,8 @@ def test_threads_never_exceed_the_budget(monkeypatch):
     assert training_threads(0, threads=4).threads == 4
     assert training_threads(1, threads=4).threads == 3
     assert training_threads(8, threads=2).threads == 1  # never below one
+    assert training_threads(1, threads=4).describe() == "3 threads + 1 DataLoader worker (threads=4)"
+    assert training_threads(0, threads=2).describe() == "2 threads (threads=2)"
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])

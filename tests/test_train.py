@@ -267,9 +267,10 @@ def test_cli_train_and_lr_find(tmp_path, capsys):
     chips = write_export(tmp_path / "chips", n_chips=6)
     out = tmp_path / "models" / "cli_model"
     rc = cli_main(["train", str(chips), "--out", str(out), "--backbone", "resnet18", "--epochs", "1",
-                   "--batch-size", "2", "--lr", "1e-4:1e-3", "--val-split", "0.2"])
+                   "--batch-size", "2", "--lr", "1e-4:1e-3", "--val-split", "0.2", "--threads", "2"])
     text = capsys.readouterr().out
     assert rc == 0
+    assert text.strip().splitlines()[-1].endswith("cli_model.dlpk); 2 threads (threads=2)")  # the split, last
     assert {"cli_model.emd", "cli_model.dlpk", "model_metrics.html"} <= {p.name for p in out.iterdir()}
     assert (out / "ModelCharacteristics" / "show_batch.png").is_file()
     assert "overall accuracy" in text and "3 Trees" in text

@@ -37,18 +37,23 @@ class ThreadPlan:
     source: str
     #: processes asked for, when more than the budget allowed
     asked: int | None = None
+    #: single-threaded helper processes beside them (training's DataLoader workers)
+    helpers: int = 0
 
     @property
     def total(self) -> int:
         return self.processes * self.threads
 
     def describe(self, unit: str = "worker") -> str:
-        """e.g. ``2 threads (2 cores)``, ``2 workers x 1 thread (LANDCOVER_THREADS=2; 4 workers asked)``."""
+        """e.g. ``2 threads (2 cores)``, ``2 workers x 1 thread (LANDCOVER_THREADS=2; 4 workers asked)``,
+        ``1 thread + 1 DataLoader worker (2 cores)``."""
         def n(k: int, word: str) -> str:
             return f"{k} {word}{'' if k == 1 else 's'}"
 
         head = n(self.threads, "thread") if self.processes == 1 and unit == "worker" else \
             f"{n(self.processes, unit)} x {n(self.threads, 'thread')}"
+        if self.helpers:
+            head += f" + {n(self.helpers, 'DataLoader worker')}"
         why = n(self.budget, "core") if self.source == "cores" else f"{self.source}={self.budget}"
         if self.asked:
             why += f"; {n(self.asked, unit)} asked"
@@ -89,4 +94,4 @@ def training_threads(loader_workers: int, threads: int | None = None, name: str 
     one thread: PyTorch sets it so in its workers): the budget less the workers, at least one."""
     budget, source = thread_budget(threads, name)
     workers = max(0, int(loader_workers))
-    return ThreadPlan(1, max(1, budget - workers), budget, source)
+    return ThreadPlan(1, max(1, budget - workers), budget, source, helpers=workers)

@@ -120,6 +120,9 @@ def register(sub) -> None:
     train.add_argument("--max-minutes", type=_number(float, 0.0, closed=False, what="a number of minutes above 0"),
                        metavar="M", help="stop training after M minutes, keeping the best epoch so far (default: "
                        "no limit)")
+    train.add_argument("--threads", type=positive_int, metavar="N", help="compute threads of the run on a CPU, "
+                       "torch threads and DataLoader workers together (default: $LANDCOVER_THREADS, else the "
+                       "cores); the last line says the split")
     train.add_argument("--constant-lr", action="store_true", help="constant rate instead of one-cycle")
     stop = train.add_mutually_exclusive_group()
     stop.add_argument("--early-stopping", action="store_true", help="stop when --monitor has not improved for "
@@ -213,7 +216,7 @@ def run_train(args) -> int:
           + (", no augmentation" if args.no_augment else ", flips/rotations and band jitter"), flush=True)
     model.fit(epochs, lr=args.lr, one_cycle=not args.constant_lr, early_stopping=patience,
               monitor=args.monitor, tensorboard=args.tensorboard, resume=args.resume, devices=args.devices,
-              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
+              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision, threads=args.threads,
               **({"max_time": timedelta(minutes=args.max_minutes)} if args.max_minutes else {}))
     if not model.is_main_process:
         return 0
@@ -229,7 +232,8 @@ def run_train(args) -> int:
         print(f"last checkpoint (to go on with --resume; delete its folder when done): {model.last_checkpoint}")
     if model.tensorboard_dir:
         print(f"TensorBoard logs: {model.tensorboard_dir} (tensorboard --logdir {model.tensorboard_dir.parent})")
-    print(f"model package: {folder} ({folder.name}.emd, {folder.name}.dlpk)")
+    threads = f"; {model.threads.describe()}" if getattr(model, "threads", None) else ""
+    print(f"model package: {folder} ({folder.name}.emd, {folder.name}.dlpk){threads}")
     return 0
 
 

@@ -56,7 +56,7 @@ class DemoSettings:
         if mode == "full":
             return cls("full", backbone="resnet34", batch_size=16, lr_find_steps=80, epochs=30)
         if mode == "quick":
-            return cls("quick", backbone="resnet18", batch_size=16, lr_find_steps=20, budget_s=180.0, min_epochs=8)
+            return cls("quick", backbone="resnet18", batch_size=16, lr_find_steps=20, budget_s=180.0, min_epochs=10)
         if mode == "default":
             return cls("default", backbone="resnet18", batch_size=16, lr_find_steps=30, budget_s=270.0)
         raise LandcoverError(f"{arg('mode', mode)}: choose one of {', '.join(MODES)}")

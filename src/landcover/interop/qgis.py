@@ -13,6 +13,10 @@ it back by 255 before our normalization ``(x - mean) / std``; the written standa
 and the package's ignored classes, as in ``classify_pixels``) get probability 0, and ``seg_thresh`` is 0, so
 Deepness keeps the most probable class everywhere, as ``classify_pixels`` does. Class index ``i`` is the
 package's class ``i`` (index 0 NoData): Deepness's output rasters hold indices, named by ``class_names``.
+
+Deepness completes its last tiles by reading past the layer's east and north edges (zeros there). Pixels 0 in
+every band are masked at the input of every convolution and pooling in the graph, so the model treats them as it
+treats the border of a tile in ``classify_pixels`` and in training (zero padding), not as a dark surface.
 """
 
 from __future__ import annotations
@@ -67,12 +71,17 @@ def resolution_cm(pkg) -> float | None:
 
 
 def deepness_module(pkg, model=None):
-    """torch module: Deepness's input (bands / 255) -> class probabilities, normalization inside."""
+    """torch module: Deepness's input (bands / 255) -> class probabilities, normalization inside.
+
+    ``model`` (the package's network if already built) is copied, never changed: the module adds hooks to it.
+    """
+    import copy
+
     import torch
 
     from ..classify.blend import ClassDecoder
 
-    net = model if model is not None else pkg.build_model()
+    net = copy.deepcopy(model) if model is not None else pkg.build_model()
     decoder = ClassDecoder.for_package(pkg)
 
     class Deepness(torch.nn.Module):
@@ -87,12 +96,34 @@ def deepness_module(pkg, model=None):
             # a large negative score rather than -inf: softmax gives exactly 0 and no NaN can arise
             self.register_buffer("bias", torch.from_numpy(np.where(decoder.allowed, 0.0, -1e9).astype(np.float32))
                                  .reshape(1, -1, 1, 1))
+            self.masks: dict = {}
+            for layer in self.net.modules():
+                if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+                    layer.register_forward_pre_hook(self._mask_input)
+
+        def _mask_input(self, _layer, inputs):
+            """Zero a layer's input where the tile has no pixels, at the input's own resolution."""
+            x = inputs[0]
+            size = tuple(int(n) for n in x.shape[-2:])
+            if size not in self.masks:  # a resolution not on the pyramid (odd sizes): the nearest cells
+                self.masks[size] = torch.nn.functional.interpolate(self.masks["valid"], size=size, mode="nearest")
+            return (x * self.masks[size], *inputs[1:])
 
         def forward(self, x):
-            # Pixels 0 in every band are nodata (and Deepness's fill past the layer's edge): they read as the band
-            # means, as classify_pixels reads nodata, not as a dark surface the model never saw.
+            # Pixels 0 in every band are nodata, and Deepness's fill past the layer's edge (its edge tiles reach
+            # up to a stride past the layer's east and north sides). Every convolution and pooling sees them as
+            # zero padding, as a tile's border in classify_pixels and in training: the model's predictions
+            # near the layer's edge are those it makes at a tile's edge, not guesses about a flat surface.
             valid = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
-            scores = self.net((x * self.scale + self.shift) * valid).float() + self.bias
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % 32, (-w) % 32  # the U-Net pads its input to a multiple of 32: so does the mask
+            mask = torch.nn.functional.pad(valid, (0, pw, 0, ph), mode="replicate") if ph or pw else valid
+            self.masks = {"valid": mask, tuple(int(n) for n in mask.shape[-2:]): mask}
+            for _ in range(5):  # strides 2 .. 32: a cell is valid if any pixel under it is
+                mask = torch.nn.functional.max_pool2d(mask, 2, 2, ceil_mode=True)
+                self.masks[tuple(int(n) for n in mask.shape[-2:])] = mask
+            scores = self.net(x * self.scale + self.shift).float() + self.bias
+            self.masks = {}
             return torch.softmax(scores, dim=1)
 
     return Deepness().eval()

@@ -322,7 +322,7 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             checkpoint: bool = True, tensorboard: bool = False, monitor: str = "valid_loss",
             resume: str | os.PathLike | None = None,
             devices="auto", num_nodes: int = 1, strategy="auto", precision: str | None = None,
-            accelerator: str = "auto", **trainer_kwargs) -> UnetClassifier:
+            accelerator: str = "auto", threads: int | None = None, **trainer_kwargs) -> UnetClassifier:
         """Train for ``epochs`` epochs with Lightning, printing one table row per epoch.
 
         ``lr``: a rate, ``slice(lo, hi)`` spread geometrically from the first encoder stage (lo) to the decoder
@@ -344,7 +344,9 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         Without ``lr`` a resumed run takes the checkpoint's rates.
         ``devices``/``num_nodes``/``strategy`` go to the Lightning Trainer (e.g. 4 GPUs:
         ``devices=4, strategy="ddp"``). ``precision``: None picks bf16/fp16 mixed precision on a GPU and bf16
-        autocast on a CPU with native bf16, else fp32. Other keyword arguments (e.g. ``callbacks``,
+        autocast on a CPU with native bf16, else fp32. ``threads``: on a CPU, the compute threads of the run,
+        torch threads and DataLoader worker processes together (default ``$LANDCOVER_THREADS``, else the cores;
+        the split is in ``self.threads``). Other keyword arguments (e.g. ``callbacks``,
         ``limit_train_batches``) go to ``lightning.pytorch.Trainer``.
         """
         import lightning.pytorch as L
@@ -375,7 +377,7 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         if device.type == "cpu":  # torch threads + DataLoader worker processes within the cores (landcover.threads)
             from ..threads import training_threads
 
-            self.threads = training_threads(data.num_workers)
+            self.threads = training_threads(data.num_workers, threads)
             torch.set_num_threads(self.threads.threads)
         channels_last = self._use_channels_last(precision, device)
         if resumed is not None and lr is None and resumed["lrs"]:
