@@ -74,12 +74,11 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
-    return f"{model}, {os.cpu_count()} CPUs"
+    """The CPU as every landcover bench names it: model, cores and the flags that decide the fast paths."""
+    from landcover.classify.choose import cpu_description
+
+    cpu = cpu_description()
+    return f"{cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags']) or 'none listed'}"
 
 
 def make_cog(path: Path, size: int, blocksize: int, seed: int = 0) -> Path:

@@ -149,9 +149,7 @@ def main() -> None:
         model = UnetClassifier(data, backbone=args.backbone, pretrained=False)  # speed does not depend on weights
         model.fit(1, lr=1e-4, checkpoint=False, precision=precision, callbacks=[timer],
                   limit_train_batches=args.warmup + args.steps, limit_val_batches=1)
-        layout = getattr(model, "threads", None)
-    print(f"threads: {layout.describe('process') if layout else torch.get_num_threads()}, "
-          f"{data.num_workers} DataLoader workers")
+    print(f"threads: {model.threads.describe() if model.threads else torch.get_num_threads()}")
     fit = args.batch * len(timer.fit_times) / sum(timer.fit_times)
     bare = args.batch * len(timer.bare_times) / sum(timer.bare_times)
     print(f"{'bare torch step':<24}{bare:8.2f} samples/s")

@@ -32,9 +32,7 @@ JOB = {"cell_size": 30.0, "padding": 8, "block_size": 256}
 
 
 def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
-                                       None)
-    return found
+    return shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None)
 
 
 def _as_postgres_user(cmd: list[str]) -> list[str]:

@@ -232,7 +232,7 @@ def run_train(args) -> int:
         print(f"last checkpoint (to go on with --resume; delete its folder when done): {model.last_checkpoint}")
     if model.tensorboard_dir:
         print(f"TensorBoard logs: {model.tensorboard_dir} (tensorboard --logdir {model.tensorboard_dir.parent})")
-    threads = f"; {model.threads.describe()}" if getattr(model, "threads", None) else ""
+    threads = f"; {model.threads.describe()}" if model.threads else ""
     print(f"model package: {folder} ({folder.name}.emd, {folder.name}.dlpk){threads}")
     return 0
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..data import ClassifiedTilesData
+    from ..threads import ThreadPlan
 
 __all__ = ["MIN_DELTA", "MONITORS", "PATIENCE", "TENSORBOARD_FOLDER", "TENSORBOARD_MISSING", "TRAINING_DEFAULTS",
            "UnetClassifier", "check_package_folder"]
@@ -113,6 +114,8 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         self.lr_finder: dict | None = None
         self.checkpoint_path: Path | None = None
         self.last_checkpoint: Path | None = None
+        #: the last CPU fit's thread split (torch threads + DataLoader workers), for its summary line
+        self.threads: ThreadPlan | None = None
         self._metrics: dict | None = None
         self._extra: dict = {}
         self._lr_text: str | None = None
