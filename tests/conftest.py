@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,4 +84,11 @@ def no_weight_downloads(tmp_path_factory):
         # torch.compile's (bf16-compiled backend) cache goes to /tmp/torchinductor_<user> by default, where it
         # stays after the run (~370 MB): inside the session's temporary tree it goes with it
         mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
+        # ... except its precompiled headers (~300 MB), which torch keeps in <temp>/torchinductor_<user> whatever
+        # that variable says (torch/_inductor/codecache.py, _HEADER_DIR): removed after the run unless a user's
+        # own compiles had made the folder before it
+        headers = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+        existed = headers.exists()
         yield
+        if not existed:
+            shutil.rmtree(headers, ignore_errors=True)

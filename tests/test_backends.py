@@ -11,7 +11,7 @@ from conftest import write_raster
 from landcover.classes import ClassInfo
 from landcover.classify import choose as choose_mod
 from landcover.classify import classify_pixels
-from landcover.classify.artifacts import cache_lock, prepare_artifact, work_copy_name
+from landcover.classify.artifacts import cache_lock, calibration_crops, prepare_artifact, work_copy_name
 from landcover.classify.blend import ClassDecoder
 from landcover.classify.engine import CPU_BACKENDS, build_engine, weights_hash
 from landcover.errors import LandcoverError
@@ -211,3 +211,16 @@ def test_threads_flag_is_checked_and_named_as_given(model_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.endswith("--threads 0: give a whole number of threads, at least 1") and "\n" not in err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_quantizers_calibrate_on_pieces_of_the_tiles():
+    """Quantization runs the model on calibration pieces of at most 256 x 256 (bounded memory whatever the tile
+    size); the pieces are the tiles' own pixels."""
+    tiles = np.arange(2 * 3 * 600 * 520, dtype=np.float32).reshape(2, 3, 600, 520)
+    pieces = calibration_crops(tiles)
+    assert pieces.shape == (2 * 2 * 2, 3, 256, 256) and pieces.flags.c_contiguous
+    assert np.array_equal(pieces[0], tiles[0, :, :256, :256]) and np.array_equal(pieces[-1], tiles[1, :, 256:512,
+                                                                                                    256:512])
+    small = tiles[:, :, :96, :80]
+    assert calibration_crops(small) is small
+    assert calibration_crops(tiles[:, :, :100, :]).shape == (2 * 2, 3, 100, 256)

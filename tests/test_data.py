@@ -39,7 +39,7 @@ def test_arcgis_export_loads(tmp_path):
     px = _pixels(folder)
     np.testing.assert_allclose(data.mean, px.mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(data.std, px.std(axis=1), rtol=1e-6)
-    assert (len(data.train_ds), len(data.valid_ds)) == (8, 2)
+    assert (len(data.train_ds.chips), len(data.valid_ds)) == (8, 2)
     # map.txt's backslashes resolve, the .tfw world files are not taken for chips
     assert all(img.suffix == ".tif" and img.is_file() for img, _ in data.train_ds.pairs)
     # class pixel counts come from scanning every label chip

@@ -11,8 +11,8 @@ import rasterio
 import landcover.data.prepare as prepare_mod
 from landcover.cli import main
 from landcover.data import prepare_data
-from landcover.data.prepare import stratified_split
 from landcover.data.show import to_rgb
+from landcover.data.split import stratified_split
 from landcover.errors import LandcoverError
 from landcover.export import export_training_data
 from tiles_fixture import write_export

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import zipfile
@@ -12,7 +13,7 @@ import torch
 
 from landcover.classes import ClassInfo
 from landcover.errors import LandcoverError
-from landcover.model import ResNetEncoder, UNet, load_pretrained_encoder
+from landcover.model import ResNetEncoder, UNet, has_input_skip, load_pretrained_encoder
 from landcover.package import ModelPackage, load_package, save_package
 
 # Parameter names of torchvision's resnet18 (conv1/bn1/layer*/downsample/fc), as published.
@@ -125,3 +126,23 @@ def test_dlpk_refuses_traversal_links_and_corruption(tmp_path):
     (folder / "m.emd").write_text(json.dumps(export_emd))
     with pytest.raises(LandcoverError, match="exported training chips, not of a trained model"):
         load_package(folder / "m.emd")
+
+
+def test_packages_saved_before_the_input_skip_still_load(tmp_path):
+    """The U-Net's last decoder block reads the bands at full resolution (``input_skip``); packages saved
+    without it (earlier landcover versions) are told apart by their weights and rebuilt as they were."""
+    new, old = UNet(4, 3, "resnet18"), UNet(4, 3, "resnet18", input_skip=False)
+    assert new.input_skip and has_input_skip(new.state_dict())
+    assert not old.input_skip and not has_input_skip(old.state_dict())
+    assert new.decoder.blocks[-1].conv1[0].in_channels == 16 * 2 + 4  # 32 upsampled channels + the 4 bands
+    pkg = _package(tmp_path)
+    pkg.state_dict = old.state_dict()
+    folder = save_package(pkg, tmp_path / "old")
+    x = torch.randn(1, 4, 64, 64)
+    got = load_package(folder).build_model()
+    assert got.input_skip is False and torch.equal(got(x), old.eval()(x))
+    # the ArcGIS Pro raster function's bundled network tells them apart the same way
+    spec = importlib.util.spec_from_file_location("bundled_unet", folder / "landcover_unet.py")
+    bundled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundled)
+    assert not bundled.has_input_skip(old.state_dict()) and bundled.has_input_skip(new.state_dict())

@@ -12,12 +12,17 @@ import pytest
 import torch
 from rasterio.transform import from_origin
 
+import landcover.data.mosaic as mosaic_module
 from conftest import write_raster
 from landcover.data import prepare_data
-from landcover.data.loader import ChipDataset
-from landcover.data.mosaic import WindowDataset, build_mosaic
+from landcover.data.loader import ChipDataset, read_label
+from landcover.data.mosaic import WindowDataset, build_mosaic, chip_layout
+from landcover.data.prepare import MIN_WINDOW_BATCHES
+from landcover.data.split import MAX_WITHHELD, compact_split
+from landcover.data.tiles import read_export
 from landcover.data.transforms import Augment
 from landcover.errors import LandcoverError
+from landcover.model import ResNetEncoder
 from landcover.train import UnetClassifier
 from landcover.train.recipe import auto_backbone, auto_epochs, auto_patience
 from tiles_fixture import write_export
@@ -58,7 +63,8 @@ def lut() -> np.ndarray:
     return np.array([0, 1, 2], np.int64)
 
 
-def test_windows_lie_in_labelled_area_show_the_scene_and_vary_per_epoch(tmp_path):
+def test_windows_lie_in_labelled_area_show_the_scene_and_vary_per_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(mosaic_module, "CLASS_WINDOWS", 0.0)  # class-centred windows: the next test
     image, label = scene()
     pairs = write_chips(tmp_path / "chips", image, label)
     mosaic = build_mosaic(pairs, [], lut(), None, [0, 1, 2])
@@ -89,6 +95,31 @@ def test_windows_lie_in_labelled_area_show_the_scene_and_vary_per_epoch(tmp_path
     assert first.shape == second.shape and not torch.equal(first, second)
 
 
+def test_class_centred_windows_show_a_rare_class_more_often(tmp_path, monkeypatch):
+    image, label = scene(128, 256)
+    label[70:73, 100:103] = 3  # 9 pixels of a rare class
+    pairs = write_chips(tmp_path / "chips", image, label)
+    four = np.array([0, 1, 2, 3], np.int64)
+    mosaic = build_mosaic(pairs, [], four, None, [0, 1, 2])
+    ds = WindowDataset(mosaic, CHIP, ChipDataset(pairs, four, np.full(3, 100.0), np.full(3, 10.0)))
+    assert [len(p) for p in ds.class_pixels][2] == 9
+
+    def share_showing_the_rare_class() -> float:
+        torch.manual_seed(0)
+        hits = 0
+        for _ in range(600):
+            top, left = ds.sample_window()
+            assert 0 <= top <= mosaic.label.shape[0] - CHIP and 0 <= left <= mosaic.label.shape[1] - CHIP
+            hits += bool((mosaic.label[top:top + CHIP, left:left + CHIP] == 3).any())
+        return hits / 600
+
+    with_class_windows = share_showing_the_rare_class()
+    monkeypatch.setattr(mosaic_module, "CLASS_WINDOWS", 0.0)
+    without = share_showing_the_rare_class()
+    # a third of the windows around a pixel of one of 3 classes: the rare class in at least 1 window in 9
+    assert with_class_windows >= 1 / 9 and with_class_windows > 1.5 * without
+
+
 def test_validation_footprints_are_withheld_and_other_grids_fall_back(tmp_path):
     image, label = scene()
     pairs = write_chips(tmp_path / "chips", image, label)
@@ -107,7 +138,10 @@ def test_validation_footprints_are_withheld_and_other_grids_fall_back(tmp_path):
 def test_prepare_data_samples_windows_by_default(tmp_path):
     folder = write_export(tmp_path / "ex", n_chips=8, size=32)
     data = prepare_data(folder, batch_size=2, val_split_pct=0.25)
-    assert isinstance(data.train_ds, WindowDataset) and len(data.train_ds) == 6
+    assert isinstance(data.train_ds, WindowDataset) and len(data.train_ds.chips) == 6
+    # an epoch is as many windows as chips, but at least MIN_WINDOW_BATCHES batches
+    assert len(data.train_ds) == MIN_WINDOW_BATCHES * 2 == len(data.train_dl) * 2
+    assert len(prepare_data(folder, batch_size=1, val_split_pct=0.25).train_ds) == 6
     x, y = data.train_ds[0]
     assert x.shape == (4, 32, 32) and y.shape == (32, 32) and y.max() > 0
     assert not isinstance(prepare_data(folder, batch_size=2, sampling="chips").train_ds, WindowDataset)
@@ -146,7 +180,8 @@ def tiny_data(tmp_path: Path):
 
 
 def test_fit_without_lr_uses_lr_find(tmp_path):
-    model = UnetClassifier(tiny_data(tmp_path), backbone="resnet18", pretrained=False)
+    data = tiny_data(tmp_path)
+    model = UnetClassifier(data, backbone="resnet18", pretrained=False)
     calls = []
     real = model.lr_find
 
@@ -158,9 +193,17 @@ def test_fit_without_lr_uses_lr_find(tmp_path):
     model.fit(1, checkpoint=False, precision="32-true", limit_train_batches=1, limit_val_batches=1)
     found = model.lr_finder["suggestion"]
     assert len(calls) == 1 and found > 0 and len(model.lr_finder["rates"]) <= 12
-    assert model._lr_text == f"slice('{found / 10:.4e}', '{found:.4e}', None)"
+    # an encoder started from random weights learns at the found rate in every layer
+    assert model._lr_text == f"{found:.4e}"
     model.fit(1, lr=1e-3, checkpoint=False, precision="32-true", limit_train_batches=1, limit_val_batches=1)
     assert len(calls) == 1 and model._lr_text == "1.0000e-03"  # a given rate is used as it is
+    # pretrained weights (a torchvision-format checkpoint): the first stage at a tenth of it, as arcgis.learn
+    torch.save(ResNetEncoder("resnet18", 3).state_dict(), tmp_path / "r18.pth")
+    tuned = UnetClassifier(data, backbone="resnet18", pretrained_path=tmp_path / "r18.pth")
+    tuned.lr_find = lambda **kw: UnetClassifier.lr_find(tuned, num_steps=12, **kw)
+    tuned.fit(1, checkpoint=False, precision="32-true", limit_train_batches=1, limit_val_batches=1)
+    found = tuned.lr_finder["suggestion"]
+    assert tuned._lr_text == f"slice('{found / 10:.4e}', '{found:.4e}', None)"
 
 
 class Weights(L.Callback):
@@ -224,10 +267,41 @@ def test_cli_defaults_are_the_recipe():
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "chips", "--out", "m"])
-    assert (args.backbone, args.epochs, args.monitor, args.sampling) == ("auto", None, "miou", "auto")
+    assert (args.backbone, args.epochs, args.monitor, args.sampling) == ("auto", None, "valid_loss", "auto")
     assert not args.no_early_stopping and not args.no_augment and args.lr is None
+    assert (args.dice_loss_fraction, args.dice_loss_average) == (0.5, "macro")
     args = parser.parse_args(["train", "chips", "--out", "m", "--sampling", "chips", "--no-augment",
                               "--no-early-stopping", "--max-minutes", "1.5", "--backbone", "resnet34"])
     assert (args.sampling, args.no_augment, args.no_early_stopping, args.max_minutes) == ("chips", True, True, 1.5)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "chips", "--out", "m", "--early-stopping", "--no-early-stopping"])
+
+
+def test_compact_split_keeps_rare_classes_in_training_and_withholds_little(tmp_path):
+    image, label = scene()
+    label[20:26, 40:46] = 3  # a rare class, inside 4 of the overlapping chips
+    pairs = write_chips(tmp_path / "chips", image, label)
+    layout = chip_layout(pairs)
+    assert layout is not None and len(layout.origins) == len(pairs) == 18
+    labels = [label[r:r + CHIP, c:c + CHIP] for r, c in layout.origins]
+    footprint = np.zeros(label.shape, bool)
+    for seed in range(10):
+        valid = compact_split(layout, labels, 3, seed)
+        assert len(valid) == 3 and valid == compact_split(layout, labels, 3, seed)
+        footprint[:] = False
+        for i in valid:
+            r, c = layout.origins[i]
+            footprint[r:r + CHIP, c:c + CHIP] = True
+        # the rare class stays in training, and the block overlaps: 3 chips withhold less than 3 chips' area
+        assert (footprint & (label == 3)).sum() <= MAX_WITHHELD * (label == 3).sum()
+        assert footprint.sum() < 3 * CHIP * CHIP
+        # one block: every chip touches another
+        for i in valid:
+            assert any(abs(np.subtract(layout.origins[i], layout.origins[j])).max() <= CHIP for j in valid - {i})
+    # prepare_data validates on such a block when it samples windows
+    folder = write_export(tmp_path / "ex", n_chips=12, size=32)
+    data = prepare_data(folder, batch_size=2, val_split_pct=0.25, seed=5)
+    assert isinstance(data.train_ds, WindowDataset) and len(data.valid_ds) == 3
+    pairs = read_export(folder).pairs
+    expected = compact_split(chip_layout(pairs), [read_label(lab) for _, lab in pairs], 3, 5)
+    assert {pairs[i][0].name for i in expected} == {img.name for img, _ in data.valid_ds.pairs}

@@ -19,7 +19,8 @@ from landcover.classes import ClassInfo
 from landcover.cli import main as cli_main
 from landcover.data import prepare_data
 from landcover.errors import LandcoverError
-from landcover.package import load_package
+from landcover.model import UNet
+from landcover.package import load_package, save_package
 from landcover.train import UnetClassifier, metrics_from_confusion
 from landcover.train.module import SegmentationModule
 from tiles_fixture import write_export
@@ -161,6 +162,16 @@ def test_save_load_identical_predictions(trained, saved, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), model.net.state_dict().values(),
                                                  strict=True))
     UnetClassifier.from_model(other, data=data).fit(1, lr=1e-4, checkpoint=False)
+    # a package saved before the U-Net's input skip (an earlier landcover) keeps its architecture, whole
+    legacy_net = UNet(4, model.net.num_classes, "resnet18", input_skip=False)
+    legacy = load_package(other)
+    legacy.state_dict = legacy_net.state_dict()
+    legacy_folder = save_package(legacy, tmp_path / "legacy")
+    for started in (UnetClassifier(data, backbone="resnet18", pretrained_path=legacy_folder),
+                    UnetClassifier(data, backbone="resnet18").load(legacy_folder)):
+        assert started.net.input_skip is False
+        assert all(torch.equal(a, b) for a, b in zip(started.net.state_dict().values(),
+                                                     legacy_net.state_dict().values(), strict=True))
 
 
 def test_tampered_dlpk_and_bad_emd_are_refused(saved, tmp_path):
@@ -182,7 +193,7 @@ def test_lr_find_and_lr_slices(trained, monkeypatch):
     data, model, _ = trained
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     lr = model.lr_find(allow_plot=False, num_steps=12)
-    assert 1e-7 < lr < 10
+    assert 1e-7 <= lr < 10  # within the range searched (the tiny model's loss may be lowest at its start)
     assert all(torch.equal(before[k], v) for k, v in model.net.state_dict().items())  # weights restored
     fig = model.lr_figure()
     assert fig.axes[0].get_xscale() == "log"
@@ -194,7 +205,8 @@ def test_lr_find_and_lr_slices(trained, monkeypatch):
     assert model._resolve_lr(3e-4, "auto", "32-true")[0] == [3e-4] * n
     # lr=None: the finder's rate for the head, a tenth of it for the first encoder stage
     monkeypatch.setattr(model, "lr_find", lambda **kw: 2e-3)
-    np.testing.assert_allclose(model._resolve_lr(None, "auto", "32-true")[0], np.geomspace(2e-4, 2e-3, n))
+    # the fixture's encoder started from random weights (tests run offline): the found rate in every layer
+    np.testing.assert_allclose(model._resolve_lr(None, "auto", "32-true")[0], [2e-3] * n)
     module = SegmentationModule(model.net, model._loss(), rates, model.classes, one_cycle=False)
     opt = module.configure_optimizers()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(rates)
@@ -208,6 +220,9 @@ def test_early_stopping_and_resume(tmp_path, monkeypatch):
 
     data = prepare_data(write_export(tmp_path / "ex", n_chips=6), batch_size=4, val_split_pct=0.2)
     model = UnetClassifier(data, backbone="resnet18")
+    for m in model.net.modules():  # nor the batch-norm statistics, which move the loss by 0.003 an epoch
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.0
     # A rate too small to change anything: valid_loss never improves by 0.001, so training stops after the first
     # epoch plus `patience` epochs (5 by default; 2 here to keep the test short).
     monkeypatch.setattr(classifier, "PATIENCE", 2)

@@ -15,13 +15,15 @@ from rasterio.transform import from_origin
 
 from landcover.cli import main as cli_main
 from landcover.data import prepare_data
+from landcover.data.prepare import MIN_WINDOW_BATCHES
 from landcover.errors import LandcoverError, cli_spelling
 from landcover.package import load_package
 from landcover.train import UnetClassifier
 from tiles_fixture import write_export
 
-#: tiny chips: 32 px, resnet18; 8 chips at val_split 0.25 and batch 2 make 3 training batches per epoch
-CHIP, STEPS = 32, 3
+#: tiny chips: 32 px, resnet18; 8 chips at val_split 0.25 and batch 2 are 6 training chips, and an epoch of
+#: random windows is at least MIN_WINDOW_BATCHES (4) batches
+CHIP, STEPS = 32, MIN_WINDOW_BATCHES
 TRAIN = ["--backbone", "resnet18", "--batch-size", "2", "--val-split", "0.25", "--lr", "1e-3"]
 
 
@@ -101,10 +103,10 @@ def test_resume_with_more_epochs_runs_a_new_one_cycle_over_the_added_epochs(firs
     # a whole one-cycle schedule over the 2 added epochs, at the given rate
     np.testing.assert_allclose(record.lrs, _one_cycle(2 * STEPS), rtol=1e-6)
     assert model.checkpoint_path.parent == ckpt.parent  # still written beside the checkpoint
-    # Once more from the extended run's last.ckpt, whose schedule (6 steps) has ended. Batches of 6 make one step
-    # per epoch, so 6 epochs are 6 steps in all, as many as that schedule had: it still must not go on.
+    # Once more from the extended run's last.ckpt, whose schedule (2 x STEPS steps) has ended. The 6 chips in
+    # batches of 6 make one step per epoch: 3 epochs left to run, on a new schedule; the old must not go on.
     record = RecordLr()
-    six = prepare_data(first_run[0], batch_size=6, val_split_pct=0.25)
+    six = prepare_data(first_run[0], batch_size=6, val_split_pct=0.25, sampling="chips")
     model = UnetClassifier(six, backbone="resnet18")
     model.fit(6, lr=1e-3, resume=ckpt, callbacks=[record])
     assert len(model.history_valid) == 3

@@ -26,7 +26,7 @@ from . import __version__
 from .classes import ClassInfo, classes_from_esri
 from .errors import LandcoverError
 from .interop.arcgis_pro import FUNCTION_FILE, function_files
-from .model import BACKBONES, UNet
+from .model import BACKBONES, UNet, has_input_skip
 
 #: keys a package's .emd must have for us to rebuild the model
 REQUIRED_EMD_KEYS = ("ModelFile", "Classes", "ImageHeight", "ExtractBands", "ModelParameters", "NormalizationStats")
@@ -79,7 +79,9 @@ class ModelPackage:
 
         if self.extra.get(arcgis_learn.ARCHITECTURE_KEY) == arcgis_learn.DYNAMIC_UNET:
             return arcgis_learn.build_model(self)
-        model = UNet(self.in_channels, self.num_classes, self.backbone)
+        # packages saved before the U-Net's input skip have none: their weights say which network they are
+        skip = self.state_dict is None or has_input_skip(self.state_dict)
+        model = UNet(self.in_channels, self.num_classes, self.backbone, input_skip=skip)
         if self.state_dict is not None:
             own = model.state_dict()
             where = self.path or "package"

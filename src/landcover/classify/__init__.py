@@ -46,7 +46,7 @@ from ..raster import (
 from ..sources import Imagery, looks_like_stac_item, resolve
 from ..threads import split_threads
 from .blend import ClassDecoder
-from .blocks import Job, done_path, run_block
+from .blocks import Job, done_path, forget_contexts, run_block
 from .choose import choose_engine
 from .engine import BACKENDS, CPU_BACKENDS, cuda_available, weights_hash
 from .plan import TilePlan
@@ -226,6 +226,7 @@ def classify_pixels(
         try:
             _run_blocks(job, plan, client, progress, pkg)
         except BaseException as exc:
+            forget_contexts()  # nothing this run read stays cached for the next run in this process
             # A run that failed (or was interrupted) before finishing any block leaves nothing to resume.
             kept = any(done_path(work, b).exists() for b in plan.blocks)
             if not kept:

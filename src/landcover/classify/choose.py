@@ -16,6 +16,7 @@ valid pixels of a few real tiles of the raster. The choice is made cheap where i
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import time
@@ -241,36 +242,41 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
         classes = np.stack([c if c is not None else decoder.classes(y) for y, c in outs])
         return classes, calibration.shape[0] * calibration.shape[2] * calibration.shape[3] / dt / 1e6
 
+    # One engine at a time: each holds its own buffers for calibration-sized tiles (hundreds of MB at 960 x 960
+    # for a ResNet-34), and five alive together peaked at 4.85 GB. The second round rebuilds its few from their
+    # prepared files, which costs a second each.
     with _torch_threads(threads):
-        engines = {"fp32": build_engine("fp32", pkg, decoder, model=model)}  # those that agree
-        reference, ref_mps = timed(engines["fp32"])
+        reference, ref_mps = timed(build_engine("fp32", pkg, decoder, model=model))
         results["fp32"] = {"mps": ref_mps, "agreement": 1.0}
         say(f"backend fp32: {ref_mps:.2f} MP/s (reference)")
-        artifacts: dict[str, str | None] = {}
+        artifacts: dict[str, str | None] = {"fp32": None}
         for name in candidates:
             if name == "fp32":
                 continue
             try:
                 artifacts[name] = prepare_artifact(name, pkg, decoder, model_hash, calibration, model)
-                engine = build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model)
-                classes, mps = timed(engine)
+                classes, mps = timed(build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model))
             except LandcoverError:
                 raise
             except Exception as exc:  # a backend that fails to build here is simply not a candidate
                 say(f"backend {name}: unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
                 continue
+            finally:
+                gc.collect()  # the engine just timed (and its buffers) goes before the next is built
             agree = float((classes == reference)[valid].mean()) if valid.any() else 1.0
             results[name] = {"mps": mps, "agreement": agree}
             say(f"backend {name}: {mps:.2f} MP/s, agreement with fp32 {agree:.4%}")
-            if agree >= MIN_AGREEMENT:
-                engines[name] = engine
         # A second round over the fastest that agree, each keeping its better time: the machine's speed drifts
         # (here by 10-20 % within minutes, and once a compiled model timed at 60 % of its speed right after
         # being built), and one slow moment must not decide a choice that is cached for good.
-        top = sorted(engines, key=lambda n: -results[n]["mps"])[:SECOND_ROUND]
+        agreeing = [n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT]
+        top = sorted(agreeing, key=lambda n: -results[n]["mps"])[:SECOND_ROUND]
         if len(top) > 1:
             for name in top:
-                results[name]["mps"] = max(results[name]["mps"], timed(engines[name])[1])
+                engine = build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model)
+                results[name]["mps"] = max(results[name]["mps"], timed(engine)[1])
+                del engine
+                gc.collect()
             say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in top) + " MP/s")
     ok = {n: r for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT}
     best = max(ok, key=lambda n: ok[n]["mps"])

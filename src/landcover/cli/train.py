@@ -10,6 +10,10 @@ from pathlib import Path
 
 from ..errors import LandcoverError
 
+#: the CLI's loss: cross-entropy and macro Dice half and half. On a small Landsat scene cross-entropy alone never
+#: predicted its four rarest classes (macro IoU 0.21); with Dice it found them (0.35), as a random forest does.
+DICE_FRACTION = 0.5
+
 
 def parse_lr(text: str) -> float | slice:
     """``1e-4`` → 1e-4; ``3e-5:1e-4`` → slice(3e-5, 1e-4)."""
@@ -83,9 +87,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     start.add_argument("--no-pretrained", action="store_true", help="start from random weights (no download)")
     p.add_argument("--class-balancing", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--focal-loss", action="store_true", help="focal cross-entropy (gamma 2)")
-    p.add_argument("--dice-loss-fraction", type=fraction, default=0.0, help="mix in a Dice loss (0..1)")
-    p.add_argument("--dice-loss-average", choices=["micro", "macro"], default="micro",
-                   help="Dice over all labelled pixels (micro, default) or the mean of per-class Dice (macro)")
+    p.add_argument("--dice-loss-fraction", type=fraction, default=DICE_FRACTION, help="the share of a Dice "
+                   f"loss mixed into cross-entropy (0..1; default {DICE_FRACTION}, as nnU-Net; 0: cross-entropy "
+                   "alone, arcgis.learn's default)")
+    p.add_argument("--dice-loss-average", choices=["micro", "macro"], default="macro",
+                   help="the mean of per-class Dice (macro, default: each class counts alike, however rare) or one "
+                   "Dice over all labelled pixels (micro)")
     p.add_argument("--mixup", action="store_true", help="mixup augmentation: train on pairs of chips blended "
                    "with Beta(0.4, 0.4) weights, the loss blended to match")
     p.add_argument("--ignore-classes", type=int, nargs="+", default=[], metavar="V",
@@ -129,8 +136,9 @@ def register(sub) -> None:
                       "a quarter of the epochs (at least 5), keeping the best epoch (the default)")
     stop.add_argument("--no-early-stopping", action="store_true", help="train all the epochs (the best epoch "
                       "is still kept)")
-    train.add_argument("--monitor", default="miou", choices=["valid_loss", "accuracy", "miou"],
-                       help="metric for the best checkpoint and early stopping (default miou)")
+    train.add_argument("--monitor", default="valid_loss", choices=["valid_loss", "accuracy", "miou"],
+                       help="metric for the best checkpoint and early stopping (default valid_loss, as arcgis.learn: "
+                       "on a few validation chips mIoU swings with a handful of pixels of a rare class)")
     train.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt (or a best-*.ckpt) in "
                        "models/checkpoints/<date>_<time>/, with the same data, --backbone and bands: with the "
                        "run's own --epochs it goes on as it would have, with more a new one-cycle runs over the "
@@ -213,7 +221,9 @@ def run_train(args) -> int:
           + (f"early stopping after {patience} epochs without a better {args.monitor}, " if patience else "")
           + ("random windows of the whole labelled area" if isinstance(data.train_ds, WindowDataset)
              else "random crops of the chips")
-          + (", no augmentation" if args.no_augment else ", flips/rotations and band jitter"), flush=True)
+          + (", no augmentation" if args.no_augment else ", flips/rotations and band jitter")
+          + (f", loss cross-entropy + {args.dice_loss_fraction:g} {args.dice_loss_average} Dice"
+             if args.dice_loss_fraction else ", loss cross-entropy"), flush=True)
     model.fit(epochs, lr=args.lr, one_cycle=not args.constant_lr, early_stopping=patience,
               monitor=args.monitor, tensorboard=args.tensorboard, resume=args.resume, devices=args.devices,
               num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision, threads=args.threads,

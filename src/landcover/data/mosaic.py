@@ -4,9 +4,11 @@
 With a few dozen chips the network would see the same few dozen windows every epoch, each object always at
 the same place in its chip. Georeferenced chips on one grid can be put back together, so each epoch draws new
 windows anywhere in the labelled area — a window may straddle two chips — which multiplies the distinct views
-of a small set for no extra labelling. The footprint of every validation chip is withheld (its labels set to
-no data) in the training mosaic: overlapping chips would otherwise hand validation pixels to training, and
-early stopping and the best epoch would be picked on pixels the model learned.
+of a small set for no extra labelling; a third of the windows are centred near a pixel of a class drawn
+uniformly, so that rare classes are seen every epoch. The footprint of every validation chip is withheld (its
+labels set to no data) in the training mosaic: overlapping chips would otherwise hand validation pixels to
+training, and early stopping and the best epoch would be picked on pixels the model learned (:mod:`.split`
+chooses validation chips that withhold little).
 
 The mosaic is held in memory, so it is used for small and medium sets only (``MOSAIC_MAX_CHIPS``,
 ``MOSAIC_MAX_BYTES``); larger sets, chips without georeferencing (PNG/JPEG) or on different grids train on
@@ -34,6 +36,10 @@ MOSAIC_MAX_CHIPS = 2000
 MOSAIC_MAX_BYTES = 1 << 30
 #: random positions tried for a window before one is taken inside a random training chip
 MAX_TRIES = 50
+#: the share of windows drawn around a pixel of a class picked uniformly among the classes present (the rest
+#: anywhere): a class with a few hundred pixels in a small set is otherwise seen in a window or two an epoch and
+#: never predicted (nnU-Net oversamples foreground patches a third of the time for the same reason)
+CLASS_WINDOWS = 1 / 3
 
 
 @dataclass
@@ -66,13 +72,23 @@ def _grid(path: Path) -> tuple[object, tuple[float, float, float, float], tuple[
             return ds.crs, (t.c, t.f, t.a, -t.e), (ds.height, ds.width)
 
 
-def build_mosaic(train_pairs: list[tuple[Path, Path]], valid_pairs: list[tuple[Path, Path]], lut: np.ndarray,
-                 nodata: float | None, bands: list[int]) -> ChipMosaic | None:
-    """The training chips as one mosaic with the validation footprints withheld, or None when the chips are
-    not georeferenced on one grid, are too many or too far apart (see the module's note)."""
-    if not train_pairs or len(train_pairs) > MOSAIC_MAX_CHIPS:
+@dataclass
+class ChipLayout:
+    """Where chips sit on their common pixel grid: ``origins`` (row, col) of each, ``shape`` (rows, cols) of a
+    chip, and the ``height`` x ``width`` of the box that holds them all."""
+
+    origins: list[tuple[int, int]]
+    shape: tuple[int, int]
+    height: int
+    width: int
+
+
+def chip_layout(pairs: list[tuple[Path, Path]]) -> ChipLayout | None:
+    """The chips' places on one pixel grid (headers only), or None when they are not all georeferenced north-up
+    chips of one size, CRS and cell size on a common grid, or are more than ``MOSAIC_MAX_CHIPS``."""
+    if not pairs or len(pairs) > MOSAIC_MAX_CHIPS:
         return None
-    grids = [_grid(img) for img, _ in train_pairs]
+    grids = [_grid(img) for img, _ in pairs]
     if any(g is None for g in grids):
         return None
     crs, (_, _, xres, yres), shape = grids[0]
@@ -82,19 +98,26 @@ def build_mosaic(train_pairs: list[tuple[Path, Path]], valid_pairs: list[tuple[P
             return None
     x0 = min(g[1][0] for g in grids)
     y0 = max(g[1][1] for g in grids)
-
-    def offset(g) -> tuple[int, int] | None:
+    origins = []
+    for g in grids:
         col, row = (g[1][0] - x0) / xres, (y0 - g[1][1]) / yres
         if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
             return None  # off the common pixel grid
-        return int(round(row)), int(round(col))
-
-    origins = [offset(g) for g in grids]
-    if any(o is None for o in origins):
-        return None
+        origins.append((int(round(row)), int(round(col))))
     h, w = shape
-    height = max(r for r, _ in origins) + h
-    width = max(c for _, c in origins) + w
+    return ChipLayout(origins, shape, max(r for r, _ in origins) + h, max(c for _, c in origins) + w)
+
+
+def build_mosaic(train_pairs: list[tuple[Path, Path]], valid_pairs: list[tuple[Path, Path]], lut: np.ndarray,
+                 nodata: float | None, bands: list[int]) -> ChipMosaic | None:
+    """The training chips as one mosaic with the validation footprints withheld, or None when the chips are
+    not georeferenced on one grid, are too many or too far apart (see the module's note)."""
+    layout = chip_layout(train_pairs + valid_pairs)
+    if layout is None or len(train_pairs) > MOSAIC_MAX_CHIPS:
+        return None
+    n = len(train_pairs)
+    origins, valid_origins = layout.origins[:n], layout.origins[n:]
+    (h, w), height, width = layout.shape, layout.height, layout.width
     with rasterio.open(train_pairs[0][0]) as ds:
         dtype = np.dtype(ds.dtypes[0])
     if height * width * (len(bands) * dtype.itemsize + 2) > MOSAIC_MAX_BYTES:
@@ -114,30 +137,32 @@ def build_mosaic(train_pairs: list[tuple[Path, Path]], valid_pairs: list[tuple[P
             label[r:r + h, c:c + w] = y
             missing[r:r + h, c:c + w] = mask if mask is not None else False
             fractions.append(float((y > 0).mean()))
-    for img, _ in valid_pairs:
-        g = _grid(img)
-        o = offset(g) if g is not None and g[0] == crs else None
-        if o is None:
-            continue
-        r, c = o
-        gh, gw = g[2]
-        label[max(r, 0):max(0, r + gh), max(c, 0):max(0, c + gw)] = 0
+    for r, c in valid_origins:
+        label[r:r + h, c:c + w] = 0
     if not label.any():
         return None
-    return ChipMosaic(image, label, missing, origins, shape, 0.5 * float(np.median(fractions)))
+    return ChipMosaic(image, label, missing, origins, layout.shape, 0.5 * float(np.median(fractions)))
 
 
 class WindowDataset(Dataset):
     """Training pairs (normalized image ``float32 (C, s, s)``, class-index label ``int64 (s, s)``), each a new
-    random window of the mosaic with at least ``mosaic.min_labelled`` of its pixels labelled.
+    random window of the mosaic with at least ``mosaic.min_labelled`` of its pixels labelled, or (a share
+    ``CLASS_WINDOWS`` of them) around a pixel of a class drawn uniformly among those present.
 
     ``chips``: the dataset of the training chips the mosaic was made of (normalization, augmentation and
-    ``pairs`` come from it; ``show_batch`` shows its chips, as arcgis.learn); an epoch has as many windows as
-    there are chips. Positions come from torch's global generator, which Lightning and the DataLoader seed per worker.
+    ``pairs`` come from it; ``show_batch`` shows its chips, as arcgis.learn); an epoch has ``length`` windows
+    (default: as many as there are chips). Positions come from torch's global generator, which Lightning and the DataLoader seed per worker.
     """
 
-    def __init__(self, mosaic: ChipMosaic, size: int, chips: ChipDataset):
+    def __init__(self, mosaic: ChipMosaic, size: int, chips: ChipDataset, length: int | None = None):
         self.mosaic, self.size, self.chips = mosaic, int(size), chips
+        self.length = len(chips) if length is None else int(length)
+        # each class's labelled pixels (flat indices into the mosaic), for the class-centred windows
+        flat = mosaic.label.ravel()
+        order = np.argsort(flat, kind="stable")
+        counts = np.bincount(flat, minlength=int(flat.max()) + 1)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        self.class_pixels = [order[bounds[c]:bounds[c + 1]] for c in range(1, len(counts)) if counts[c]]
 
     # Normalization lives in the chips' dataset, so updating it (a model's own statistics) updates both.
     @property
@@ -165,12 +190,19 @@ class WindowDataset(Dataset):
         return self.chips.transform
 
     def __len__(self) -> int:
-        return len(self.chips)
+        return self.length
 
     def sample_window(self) -> tuple[int, int]:
         """(top, left) of a random window with enough labelled pixels."""
         m, s = self.mosaic, self.size
         height, width = m.label.shape
+        if self.class_pixels and float(torch.rand(())) < CLASS_WINDOWS:
+            pixels = self.class_pixels[int(torch.randint(0, len(self.class_pixels), ()))]
+            row, col = divmod(int(pixels[int(torch.randint(0, len(pixels), ()))]), width)
+            # the pixel anywhere in the window, the window inside the mosaic
+            top = min(max(row - int(torch.randint(0, s, ())), 0), height - s)
+            left = min(max(col - int(torch.randint(0, s, ())), 0), width - s)
+            return top, left
         for _ in range(MAX_TRIES):
             top = int(torch.randint(0, height - s + 1, ()))
             left = int(torch.randint(0, width - s + 1, ()))

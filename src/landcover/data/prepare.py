@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader
 
 from ..classes import ClassInfo, generated_classes
 from ..errors import LandcoverError, arg
+from .bands import band_indices, check_rgb_bands
 from .loader import ChipDataset, read_chip, read_label
-from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic
+from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic, chip_layout
 from .show import rgb_band_indices
+from .split import compact_split, stratified_split
 from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
 from .transforms import Augment, Transform
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 NORM_SAMPLE_CHIPS = 256
 #: with ``norm_pct``, fewer training chips than this are all read (arcgis.learn forces norm_pct to 1 below 300)
 NORM_PCT_ALL_BELOW = 300
+#: the fewest batches of windows in an epoch (a small set's epochs are otherwise a step or two each)
+MIN_WINDOW_BATCHES = 4
 #: prepare_data(sampling=...): random windows of the chips' mosaic when possible, always, or the chips' own crops
 SAMPLING = ("auto", "mosaic", "chips")
 #: the one dataset type (export metadata format) a pixel classifier trains on
@@ -176,7 +180,8 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     the export has none (all chips when there are fewer than 300, as in arcgis.learn); default: at most 256
     chips. ``stratify``: split by the set of class values in each chip, so each such set — and every class in
     at least 2 chips — is represented in both training and validation where possible (default: a random
-    split); both are reproducible for a ``seed``. ``dataset_type``: None (taken from the export) or
+    split, or with window sampling a compact block of chips that withholds at most a quarter of any class's
+    pixels where it can, see :mod:`.split`); all are reproducible for a ``seed``. ``dataset_type``: None (taken from the export) or
     ``"Classified_Tiles"``, the only type a pixel classifier trains on.
 
     ``sampling`` (landcover's own): ``"auto"`` (default) trains on new random windows of the whole labelled
@@ -231,7 +236,12 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     if len(pairs) - n_valid < 1:
         raise LandcoverError(f"{paths[0]}: {len(pairs)} chip(s) cannot be split into training and validation "
                              "sets; export more chips")
-    if stratify:
+    # Window sampling withholds validation footprints from training: there the validation chips are a compact
+    # block that takes little of any class (see .split); else a stratified or a random split.
+    layout = chip_layout(pairs) if sampling != "chips" and not stratify else None
+    if layout is not None:
+        valid_set = compact_split(layout, [read_label(lab) for _, lab in pairs], n_valid, seed)
+    elif stratify:
         valid_set = stratified_split([frozenset(v for v in chip if v != 0) for chip in counts], n_valid, seed)
     else:
         valid_set = set(np.random.default_rng(seed).permutation(len(pairs))[:n_valid].tolist())
@@ -263,7 +273,9 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
                                                         transform=transform, bands=bands)
     mosaic = build_mosaic(train_pairs, valid_pairs, lut, nodata, bands) if sampling != "chips" else None
     if mosaic is not None:
-        train_ds = WindowDataset(mosaic, size, train_ds)
+        # An epoch of windows is as many as there are chips, and at least MIN_WINDOW_BATCHES batches: 29 chips
+        # in batches of 16 made epochs of one step, and the recipe's 100-epoch cap then stopped at 100 steps.
+        train_ds = WindowDataset(mosaic, size, train_ds, max(len(train_ds), MIN_WINDOW_BATCHES * int(batch_size)))
     elif sampling == "mosaic":
         raise LandcoverError(f"{paths[0]}: {arg('sampling', 'mosaic')} needs GeoTIFF chips on one grid, at most "
                              f"{MOSAIC_MAX_CHIPS} of them; give {arg('sampling', 'chips')} or 'auto'")
@@ -313,33 +325,6 @@ def norm_sample_size(n_train: int, norm_pct: float | None) -> int:
     return max(1, min(n_train, round(norm_pct * n_train)))
 
 
-def band_indices(value: object, n: int, name: str, *, distinct: bool, length: int | None,
-                 hint: str) -> list[int]:
-    """``value`` as a list of 0-based indices into ``n`` bands, or one LandcoverError line saying what is wrong."""
-    items: list | None = None
-    if isinstance(value, (Iterable, np.ndarray)) and not isinstance(value, (str, bytes, Mapping)):
-        items = [int(b) if isinstance(b, np.integer) else b for b in value]
-    shown = f"{name}={items if items is not None else value!r}"
-    tail = f"; {hint}"
-    if items is None:
-        raise LandcoverError(f"{shown}: give a list of 0-based band indices{tail}")
-    if not items:
-        raise LandcoverError(f"{shown}: the list is empty{tail}")
-    if length is not None and len(items) != length:
-        raise LandcoverError(f"{shown}: {len(items)} indices, not {length}{tail}")
-    out = []
-    for b in items:
-        if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
-            raise LandcoverError(f"{shown}: {b!r} is not a band index (whole numbers, 0-based){tail}")
-        b = int(b)
-        if not 0 <= b < n:
-            raise LandcoverError(f"{shown}: band {b} is out of range{tail}")
-        if distinct and b in out:
-            raise LandcoverError(f"{shown}: band {b} is given twice{tail}")
-        out.append(b)
-    return out
-
-
 def _check_extract_bands(extract_bands: Sequence[int] | None, n: int) -> list[int]:
     if extract_bands is None:
         return list(range(n))
@@ -349,78 +334,6 @@ def _check_extract_bands(extract_bands: Sequence[int] | None, n: int) -> list[in
                             f"0..{n - 1}, e.g. {[n - 1, 0, 1] if n >= 3 else list(range(n))}")
     except LandcoverError as exc:
         raise ExtractBandsError(str(exc), n) from None
-
-
-def check_rgb_bands(rgb_bands: Sequence[int], band_names: list[str]) -> list[int]:
-    """``rgb_bands`` checked against the (extracted) training bands: 3 indices into ``band_names``."""
-    n = len(band_names)
-    return band_indices(rgb_bands, n, "rgb_bands", distinct=False, length=3,
-                        hint=f"give 3 0-based indices into the {n} training band{'s' if n != 1 else ''} "
-                        f"{band_names} (after extract_bands), e.g. {[2, 1, 0] if n >= 3 else [0, 0, 0]}")
-
-
-def stratified_split(label_sets: list[frozenset[int]], n_valid: int, seed: int) -> set[int]:
-    """Indices of the validation chips of a split stratified by the set of class values in each chip.
-
-    Each set of classes (stratum) gives validation its share of ``n_valid`` (largest remainders, ties broken
-    at random). Then, rarest class first, a class found in at least 2 chips that is missing from validation
-    or from training, or found in a single chip that landed in validation, gets one of its chips moved across,
-    swapped for a chip of the most common stratum whose classes stay represented — where such chips exist.
-    Chips are drawn at random within a stratum; all draws come from ``seed``.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(label_sets)
-    strata: dict[tuple[int, ...], list[int]] = {}
-    for i, s in enumerate(label_sets):
-        strata.setdefault(tuple(sorted(s)), []).append(i)
-    keys = sorted(strata)
-    for k in keys:
-        strata[k] = [strata[k][j] for j in rng.permutation(len(strata[k]))]
-    quota = {k: len(strata[k]) * n_valid / n for k in keys}
-    take = {k: math.floor(quota[k]) for k in keys}
-    ties = rng.random(len(keys))
-    by_remainder = sorted(range(len(keys)), key=lambda j: (-(quota[keys[j]] - take[keys[j]]), ties[j]))
-    for j in by_remainder[: n_valid - sum(take.values())]:
-        take[keys[j]] += 1
-    valid = {i for k in keys for i in strata[k][: take[k]]}
-
-    # Chips in a random order; for swaps back, chips of the most common strata first.
-    position = {i: p for p, i in enumerate(rng.permutation(n).tolist())}
-    size = {i: len(strata[k]) for k in keys for i in strata[k]}
-    random_order = sorted(range(n), key=position.__getitem__)
-    common_first = sorted(range(n), key=lambda i: (-size[i], position[i]))
-    chips_with: dict[int, list[int]] = {}
-    for i in random_order:
-        for c in label_sets[i]:
-            chips_with.setdefault(c, []).append(i)
-
-    def keeps(i: int, side: bool) -> bool:
-        """Whether taking chip i off ``side`` (True = validation) leaves each of its classes there (in
-        validation: the classes of 2+ chips; in training: all)."""
-        return all((side and len(chips_with[c]) < 2) or any(j != i and (j in valid) == side for j in chips_with[c])
-                   for c in label_sets[i])
-
-    for c in sorted(chips_with, key=lambda c: (len(chips_with[c]), c)):
-        chips = chips_with[c]
-        for side in (True, False) if len(chips) >= 2 else (False,):
-            if any((i in valid) == side for i in chips):
-                continue
-            mover = next((i for i in chips if keeps(i, not side)), None)
-            if mover is None:
-                continue
-            valid.symmetric_difference_update({mover})
-            back = next((j for j in common_first if j != mover and (j in valid) == side and keeps(j, side)), None)
-            if back is not None:
-                valid.symmetric_difference_update({back})
-    # A swap without a partner changes the size: restore it (chips of common strata first, and chips whose
-    # classes stay represented before any others), so validation is never emptied nor training.
-    while len(valid) < n_valid:
-        valid.add(next((i for i in common_first if i not in valid and keeps(i, False)),
-                       next(i for i in common_first if i not in valid)))
-    while len(valid) > n_valid:
-        valid.discard(next((i for i in common_first if i in valid and keeps(i, True)),
-                           next(i for i in common_first if i in valid)))
-    return valid
 
 
 def default_num_workers() -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..classes import ClassInfo
+from .bands import check_rgb_bands
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -86,7 +87,6 @@ def show_batch(data: ClassifiedTilesData, rows: int = 3, alpha: float = 0.7, nco
     import torch
 
     from ..errors import LandcoverError
-    from .prepare import check_rgb_bands
 
     rows, ncols = check_count(rows, "rows", "show_batch"), check_count(ncols, "ncols", "show_batch")
     alpha = check_opacity(alpha)

@@ -6,6 +6,6 @@ Split as in segmentation_models_pytorch: :mod:`.encoder` (ResNet-18/34/50 with t
 
 from .encoder import BACKBONES, ResNetEncoder
 from .pretrained import load_pretrained_encoder
-from .unet import UNet
+from .unet import UNet, has_input_skip
 
-__all__ = ["BACKBONES", "ResNetEncoder", "UNet", "load_pretrained_encoder"]
+__all__ = ["BACKBONES", "ResNetEncoder", "UNet", "has_input_skip", "load_pretrained_encoder"]

@@ -25,17 +25,24 @@ class DecoderBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Decoder over encoder features ``[1/2, 1/4, 1/8, 1/16, 1/32]``; returns a full-resolution feature map."""
+    """Decoder over encoder features ``[1/2, 1/4, 1/8, 1/16, 1/32]``, or ``[1/1, 1/2, ..., 1/32]`` where the
+    encoder returns its input too; returns a full-resolution feature map.
+
+    Each block reads the next finer feature map as its skip; the last block's is the input image when there is
+    one, else it has none (and sees the image only through the stride-2 stem).
+    """
 
     def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...] = (256, 128, 64, 32, 16)):
         super().__init__()
-        skips = list(encoder_channels[:-1][::-1]) + [0]  # 1/16, 1/8, 1/4, 1/2, then none at full resolution
+        skips = list(encoder_channels[:-1][::-1])  # 1/16, 1/8, 1/4, 1/2 (then the input, when given)
+        skips += [0] * (len(channels) - len(skips))
         cins = [encoder_channels[-1], *channels[:-1]]
         self.blocks = nn.ModuleList(DecoderBlock(ci, s, co) for ci, s, co in zip(cins, skips, channels, strict=True))
         self.out_channels = channels[-1]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        skips = features[:-1][::-1] + [None]
+        skips = features[:-1][::-1]
+        skips += [None] * (len(self.blocks) - len(skips))
         x = features[-1]
         for block, skip in zip(self.blocks, skips, strict=True):
             x = block(x, skip)

@@ -2,7 +2,7 @@
 
 Matching names means an ImageNet checkpoint saved by torchvision or timm loads with ``load_state_dict`` as is
 (minus ``fc``). The encoder returns the feature maps a U-Net needs: the stem at 1/2 and the four stages at
-1/4 .. 1/32 of the input size.
+1/4 .. 1/32 of the input size (and, first, the input itself when asked: the U-Net's full-resolution skip).
 """
 
 from __future__ import annotations
@@ -64,14 +64,18 @@ BACKBONES: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 
 
 class ResNetEncoder(nn.Module):
-    """A ResNet without its classifier, taking any number of input bands."""
+    """A ResNet without its classifier, taking any number of input bands.
 
-    def __init__(self, backbone: str = "resnet34", in_channels: int = 3):
+    ``return_input``: ``forward`` also returns its input, first, for a decoder that reads the bands at full
+    resolution (:class:`~landcover.model.unet.UNet`'s input skip); it adds no weights.
+    """
+
+    def __init__(self, backbone: str = "resnet34", in_channels: int = 3, return_input: bool = False):
         super().__init__()
         if backbone not in BACKBONES:
             raise LandcoverError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
         block, layers = BACKBONES[backbone]
-        self.backbone, self.in_channels = backbone, in_channels
+        self.backbone, self.in_channels, self.return_input = backbone, in_channels, bool(return_input)
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -84,6 +88,8 @@ class ResNetEncoder(nn.Module):
         #: channels of the feature maps returned by forward(), finest first
         self.out_channels = (64, 64 * block.expansion, 128 * block.expansion, 256 * block.expansion,
                              512 * block.expansion)
+        if self.return_input:
+            self.out_channels = (in_channels, *self.out_channels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -113,4 +119,4 @@ class ResNetEncoder(nn.Module):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
-        return [stem, f1, f2, f3, f4]
+        return [x, stem, f1, f2, f3, f4] if self.return_input else [stem, f1, f2, f3, f4]

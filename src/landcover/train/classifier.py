@@ -20,7 +20,7 @@ import torch
 
 from ..classes import ClassInfo
 from ..errors import LandcoverError, arg
-from ..model import BACKBONES, UNet, load_pretrained_encoder
+from ..model import BACKBONES, UNet, has_input_skip, load_pretrained_encoder
 from ..model.weights import start_encoder
 from ..package import load_package
 from ..raster import check_writable_dir
@@ -155,6 +155,9 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             if pkg.backbone != self.backbone:
                 raise LandcoverError(f"{text}: the model was trained with backbone {pkg.backbone}; use "
                                      f"{arg('backbone', pkg.backbone)} to start from it")
+            if pkg.state_dict is not None and not has_input_skip(pkg.state_dict):
+                # a model saved before the U-Net's input skip: keep its architecture, to reuse all its weights
+                self.net = UNet(len(self.band_names), len(self.classes) + 1, self.backbone, input_skip=False)
             own = self.net.state_dict()
             use = {}
             for key, value in (pkg.state_dict or {}).items():
@@ -245,9 +248,10 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             raise LandcoverError(f"{path}: the model reads bands {list(pkg.extract_bands)} (0-based), this one "
                                  f"{self.extract_bands}; {fix}")
         net = pkg.build_model()
-        if type(net) is not type(self.net):
-            # another architecture of the same backbone, bands and classes (an arcgis.learn DynamicUnet): the
-            # package's network replaces this one's
+        if type(net) is not type(self.net) or getattr(net, "input_skip", None) != getattr(self.net, "input_skip",
+                                                                                          None):
+            # another architecture of the same backbone, bands and classes (an arcgis.learn DynamicUnet, or our
+            # U-Net saved before its input skip): the package's network replaces this one's
             self.net = net
         else:
             self.net.load_state_dict(pkg.state_dict)
@@ -291,7 +295,9 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         groups = len(self.net.layer_groups())
         if lr is None:
             found = self.lr_find(allow_plot=False, precision=precision, accelerator=accelerator)
-            lr = slice(found / 10, found)
+            # Discriminative rates (the first encoder stage at a tenth) protect pretrained features; an encoder
+            # that starts from random weights has none to protect and learns at the decoder's rate.
+            lr = found if self._extra.get("PretrainedWeights", {}).get("Name") == "none" else slice(found / 10, found)
         if isinstance(lr, (tuple, list)) and len(lr) == 2:
             lr = slice(*lr)
         if isinstance(lr, slice):
@@ -329,7 +335,8 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         """Train for ``epochs`` epochs with Lightning, printing one table row per epoch.
 
         ``lr``: a rate, ``slice(lo, hi)`` spread geometrically from the first encoder stage (lo) to the decoder
-        and head (hi), or None to run :meth:`lr_find` and use ``slice(found/10, found)``. ``one_cycle``: the
+        and head (hi), or None to run :meth:`lr_find` and use ``slice(found/10, found)`` (``found`` for every
+        layer when the encoder started from random weights: there are no pretrained features to protect). ``one_cycle``: the
         one-cycle schedule, else a constant rate. ``epochs=None``: sized from the data
         (:func:`~.recipe.auto_epochs`). ``early_stopping``: stop after 5 epochs (or this many, given a number)
         without ``monitor`` improving by 0.001; the best epoch's weights are restored at the end (from the

@@ -105,7 +105,7 @@ class LandcoverClassifier:
         if "layers.0.0.weight" in weights:  # fastai's DynamicUnet (a model fine-tuned from arcgis.learn's)
             net = network.DynamicUnet.from_state_dict(weights, backbone, emd["ModelFile"])
         else:
-            net = network.UNet(bands, len(self.classes) + 1, backbone)
+            net = network.UNet(bands, len(self.classes) + 1, backbone, input_skip=network.has_input_skip(weights))
             net.load_state_dict(weights)  # strict: a package whose weights do not fit fails here, not later
         self.net = net.to(self.device).eval()
         self.padding, self.batch_size = self.tile_size // 4, 8
