@@ -133,7 +133,7 @@ def context(job: Job, pkg=None) -> Context:
             reader = GridReader(ds, job.grid, indexes=[b + 1 for b in pkg.extract_bands], within=job.whole_grid,
                                 beyond=True)
             ctx = Context(job, pkg, decoder, engine, reader)
-            _CONTEXTS.clear()  # one job at a time per process: free the previous engine
+            _drop_contexts()  # one job at a time per process: free the previous engine and close its reader
             _CONTEXTS[job] = ctx
         return ctx
 
@@ -143,9 +143,14 @@ def forget_contexts() -> None:
     dataset may hold blocks decoded from a cut-off download (GDAL caches them per dataset), and a resumed run
     in the same process reused them — 2 to 9 % of a test raster's pixels came out different."""
     with _LOCK:
-        for ctx in _CONTEXTS.values():
-            ctx.reader.close()
-        _CONTEXTS.clear()
+        _drop_contexts()
+
+
+def _drop_contexts() -> None:
+    """Close the cached contexts' readers and forget them (callers hold ``_LOCK``)."""
+    for ctx in _CONTEXTS.values():
+        ctx.reader.close()
+    _CONTEXTS.clear()
 
 
 def _keep_large_allocations() -> None:

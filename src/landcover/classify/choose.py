@@ -278,8 +278,7 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
                 del engine
                 gc.collect()
             say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in top) + " MP/s")
-    ok = {n: r for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT}
-    best = max(ok, key=lambda n: ok[n]["mps"])
+    best = max(agreeing, key=lambda n: results[n]["mps"])
     return {"backend": best, "artifact": artifacts.get(best), "results": results}
 
 

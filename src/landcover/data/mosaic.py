@@ -108,11 +108,18 @@ def chip_layout(pairs: list[tuple[Path, Path]]) -> ChipLayout | None:
     return ChipLayout(origins, shape, max(r for r, _ in origins) + h, max(c for _, c in origins) + w)
 
 
+def reorder(layout: ChipLayout, pairs: list[tuple[Path, Path]], order: list[tuple[Path, Path]]) -> ChipLayout:
+    """``layout`` (of ``pairs``) for the same chips listed in ``order``."""
+    where = dict(zip(pairs, layout.origins, strict=True))
+    return ChipLayout([where[p] for p in order], layout.shape, layout.height, layout.width)
+
+
 def build_mosaic(train_pairs: list[tuple[Path, Path]], valid_pairs: list[tuple[Path, Path]], lut: np.ndarray,
-                 nodata: float | None, bands: list[int]) -> ChipMosaic | None:
+                 nodata: float | None, bands: list[int], layout: ChipLayout | None = None) -> ChipMosaic | None:
     """The training chips as one mosaic with the validation footprints withheld, or None when the chips are
-    not georeferenced on one grid, are too many or too far apart (see the module's note)."""
-    layout = chip_layout(train_pairs + valid_pairs)
+    not georeferenced on one grid, are too many or too far apart (see the module's note). ``layout``: the
+    :func:`chip_layout` of the training then the validation chips, when the caller has it."""
+    layout = layout or chip_layout(train_pairs + valid_pairs)
     if layout is None or len(train_pairs) > MOSAIC_MAX_CHIPS:
         return None
     n = len(train_pairs)

@@ -21,7 +21,7 @@ from ..classes import ClassInfo, generated_classes
 from ..errors import LandcoverError, arg
 from .bands import band_indices, check_rgb_bands
 from .loader import ChipDataset, read_chip, read_label
-from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic, chip_layout
+from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic, chip_layout, reorder
 from .show import rgb_band_indices
 from .split import compact_split, stratified_split
 from .tiles import EMD_FILE, BandStats, ExportFolder, read_export
@@ -271,7 +271,9 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     # read_chip slices only when the selection is not all bands in order
     train_ds: ChipDataset | WindowDataset = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop,
                                                         transform=transform, bands=bands)
-    mosaic = build_mosaic(train_pairs, valid_pairs, lut, nodata, bands) if sampling != "chips" else None
+    if layout is not None:
+        layout = reorder(layout, pairs, train_pairs + valid_pairs)
+    mosaic = build_mosaic(train_pairs, valid_pairs, lut, nodata, bands, layout) if sampling != "chips" else None
     if mosaic is not None:
         # An epoch of windows is as many as there are chips, and at least MIN_WINDOW_BATCHES batches: 29 chips
         # in batches of 16 made epochs of one step, and the recipe's 100-epoch cap then stopped at 100 steps.
