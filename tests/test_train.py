@@ -302,6 +302,22 @@ def test_cli_train_and_lr_find(tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "label value 9" in err
 
 
+def test_cli_train_is_reproducible_for_a_seed(tmp_path, capsys):
+    """``--seed`` seeds training as well as the split: the same seed gives the same weights, another does not."""
+    chips = write_export(tmp_path / "chips", n_chips=6)
+
+    def weights(name: str, seed: str) -> dict:
+        out = tmp_path / name
+        assert cli_main(["train", str(chips), "--out", str(out), "--backbone", "resnet18", "--epochs", "1",
+                         "--batch-size", "2", "--lr", "1e-3", "--no-pretrained", "--seed", seed]) == 0
+        return load_package(out).state_dict
+
+    a, b, c = weights("a", "7"), weights("b", "7"), weights("c", "8")
+    capsys.readouterr()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 DDP_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
