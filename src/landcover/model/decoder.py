@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: channels of the decoder's five blocks, deepest first (the last one's output feeds the head)
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -32,7 +35,7 @@ class UNetDecoder(nn.Module):
     one, else it has none (and sees the image only through the stride-2 stem).
     """
 
-    def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...] = (256, 128, 64, 32, 16)):
+    def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...] = DECODER_CHANNELS):
         super().__init__()
         skips = list(encoder_channels[:-1][::-1])  # 1/16, 1/8, 1/4, 1/2 (then the input, when given)
         skips += [0] * (len(channels) - len(skips))

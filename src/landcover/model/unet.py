@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import UNetDecoder
+from .decoder import DECODER_CHANNELS, UNetDecoder
 from .encoder import ResNetEncoder
 
 
@@ -23,7 +23,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet34",
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), input_skip: bool = True):
+                 decoder_channels: tuple[int, ...] = DECODER_CHANNELS, input_skip: bool = True):
         super().__init__()
         self.encoder = ResNetEncoder(backbone, in_channels, return_input=input_skip)
         self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels)
@@ -51,7 +51,7 @@ class UNet(nn.Module):
 LAST_BLOCK_KEY = "decoder.blocks.4.conv1.0.weight"
 
 
-def has_input_skip(state: dict[str, torch.Tensor], decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> bool:
+def has_input_skip(state: dict[str, torch.Tensor], decoder_channels: tuple[int, ...] = DECODER_CHANNELS) -> bool:
     """Whether the U-Net weights ``state`` were trained with :class:`UNet`'s input skip: its last decoder block
     reads more channels than the block before it gives (the input bands)."""
     weight = state.get(LAST_BLOCK_KEY)

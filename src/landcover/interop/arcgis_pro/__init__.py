@@ -32,7 +32,7 @@ ALLOWED_IMPORTS = {"__future__", "bisect", "collections", "dataclasses", "functo
 _DROPPED_LINES = {
     "from __future__ import annotations",
     "from ..errors import LandcoverError",
-    "from .decoder import UNetDecoder",
+    "from .decoder import DECODER_CHANNELS, UNetDecoder",
     "from .encoder import ResNetEncoder",
 }
 
