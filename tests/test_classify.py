@@ -16,7 +16,7 @@ from landcover.classes import ClassInfo, read_class_table
 from landcover.classify import blocks as blocks_mod
 from landcover.classify import classify_pixels
 from landcover.classify.blend import ClassDecoder
-from landcover.classify.choose import cached_decision, choose_backend
+from landcover.classify.choose import cached_decision, choose_backend, cpu_has_native_bf16
 from landcover.classify.engine import Engine, TTAEngine, _first_argmax, weights_hash
 from landcover.classify.plan import TilePlan
 from landcover.errors import LandcoverError
@@ -431,7 +431,10 @@ def test_unrolled_argmax_is_argmax():
     assert np.array_equal(got.numpy(), scores.numpy().argmax(axis=1))  # as the blended pixels decode
 
 
-@pytest.mark.parametrize("backend", ["bf16", "onnx", pytest.param("bf16-compiled", marks=pytest.mark.slow)])
+# bf16-compiled compiles for about a minute on 2 cores: tested where auto may pick it, on a CPU with native bf16
+@pytest.mark.parametrize("backend", ["bf16", "onnx", pytest.param("bf16-compiled", marks=[
+    pytest.mark.slow, pytest.mark.skipif(not cpu_has_native_bf16(), reason="compiled bf16 is tested on CPUs with "
+                                         "native bf16 (avx512_bf16/amx_bf16), where auto may pick it")])])
 def test_other_backends_classify_alike(model_dir, raster, tmp_path, backend):
     path, _ = raster
     ref = read(classify_pixels(path, model_dir, tmp_path / "fp32.tif", padding=8, progress=False))

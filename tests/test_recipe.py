@@ -3,6 +3,7 @@ early stopping that restores the best weights, backbone and epochs sized from th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,16 @@ from landcover.data.transforms import Augment
 from landcover.errors import LandcoverError
 from landcover.model import ResNetEncoder
 from landcover.train import UnetClassifier
-from landcover.train.recipe import auto_backbone, auto_epochs, auto_patience
+from landcover.train.recipe import (
+    MAX_WINDOW_PIXELS,
+    SMALL_SET_BATCH,
+    SMALL_SET_EPOCH_BATCHES,
+    TARGET_WINDOWS,
+    auto_backbone,
+    auto_epochs,
+    auto_patience,
+    size_batches,
+)
 from tiles_fixture import write_export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -247,16 +257,41 @@ def sized(train_chips: int, chip: int, batch: int = 16) -> SimpleNamespace:
     n_valid = max(1, train_chips // 9)
     pixels = (train_chips + n_valid) * chip * chip
     return SimpleNamespace(class_pixel_counts={1: pixels // 2, 2: pixels - pixels // 2}, batch_size=batch,
-                           train_ds=range(train_chips), valid_ds=range(n_valid))
+                           train_ds=range(train_chips), valid_ds=range(n_valid), chip_size=chip)
 
 
 def test_backbone_and_epochs_are_sized_from_the_data():
     tiny, large = sized(30, 64), sized(5000, 256)
     assert auto_backbone(tiny) == "resnet18" and auto_backbone(large) == "resnet34"
     assert auto_epochs(tiny) == 100  # one step an epoch: as many epochs as allowed
-    assert 10 < auto_epochs(sized(300, 128)) < 100
+    # about TARGET_WINDOWS windows: 128 windows an epoch in batches of 8 ...
+    assert auto_epochs(sized(128, 64, batch=8)) == math.ceil(TARGET_WINDOWS / 128)
+    # ... unless they pass MAX_WINDOW_PIXELS: 128 x 128 windows stop at about 4,900
+    assert auto_epochs(sized(256, 128)) == math.ceil(MAX_WINDOW_PIXELS / 128**2 / 256)
     assert auto_epochs(large) == 10
     assert auto_patience(10) == 5 and auto_patience(100) == 25
+
+
+def test_a_small_set_trains_on_smaller_batches_and_longer_epochs(tmp_path):
+    folder = write_export(tmp_path / "ex", n_chips=24, size=32)
+    data = prepare_data(folder, batch_size=16, val_split_pct=0.25)
+    assert isinstance(data.train_ds, WindowDataset) and len(data.train_ds) == MIN_WINDOW_BATCHES * 16
+    size_batches(data)
+    assert data.batch_size == SMALL_SET_BATCH
+    assert len(data.train_ds) == SMALL_SET_EPOCH_BATCHES * SMALL_SET_BATCH
+    assert len(data.train_dl) == SMALL_SET_EPOCH_BATCHES
+    # a smaller batch asked for is kept
+    data = prepare_data(folder, batch_size=4, val_split_pct=0.25)
+    size_batches(data)
+    assert data.batch_size == 4 and len(data.train_dl) == SMALL_SET_EPOCH_BATCHES
+    # crops of the chips (no mosaic) keep their epoch of one pass over the chips
+    chips = prepare_data(folder, batch_size=16, val_split_pct=0.25, sampling="chips")
+    size_batches(chips)
+    assert chips.batch_size == SMALL_SET_BATCH and len(chips.train_ds) == 18
+    # larger chips, whose windows the pixel cap bounds, and larger sets keep their batches
+    for ns in (sized(64, 128), sized(5000, 64)):
+        size_batches(ns)
+        assert ns.batch_size == 16
 
 
 def test_cli_defaults_are_the_recipe():
@@ -268,6 +303,7 @@ def test_cli_defaults_are_the_recipe():
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "chips", "--out", "m"])
     assert (args.backbone, args.epochs, args.monitor, args.sampling) == ("auto", None, "valid_loss", "auto")
+    assert args.batch_size is None  # sized: train.recipe.size_batches
     assert not args.no_early_stopping and not args.no_augment and args.lr is None
     assert (args.dice_loss_fraction, args.dice_loss_average) == (0.5, "macro")
     args = parser.parse_args(["train", "chips", "--out", "m", "--sampling", "chips", "--no-augment",

@@ -13,6 +13,8 @@ from ..errors import LandcoverError
 #: the CLI's loss: cross-entropy and macro Dice half and half. On a small Landsat scene cross-entropy alone never
 #: predicted its four rarest classes (macro IoU 0.21); with Dice it found them (0.35), as a random forest does.
 DICE_FRACTION = 0.5
+#: chips per batch of a set that is not small (train.recipe.size_batches sizes a small set's)
+DEFAULT_BATCH = 16
 
 
 def parse_lr(text: str) -> float | slice:
@@ -64,7 +66,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     # No `choices`: listing them would import torch for every `landcover --help`; the model names them.
     p.add_argument("--backbone", default="auto", help="encoder: resnet18, resnet34 or resnet50 (default auto: "
                    "resnet18 below 4 million labelled training pixels, else resnet34)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="chips per batch (default 16)")
+    p.add_argument("--batch-size", type=positive_int, help="chips per batch (default: 8 below 4 million labelled "
+                   "training pixels in chips of up to 100 pixels, with epochs of at least 16 batches of random "
+                   "windows; else 16)")
     p.add_argument("--chip-size", type=positive_int, help="training crop in pixels (default: the exported chip "
                    "size)")
     p.add_argument("--val-split", type=open_fraction, default=0.1, help="fraction of chips held out (default 0.1)")
@@ -121,9 +125,9 @@ def register(sub) -> None:
     train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model package folder to write (new or "
                        "empty; a model package there is only replaced with --overwrite)")
     train.add_argument("--overwrite", action="store_true", help="replace the model package in MODEL_DIR")
-    train.add_argument("--epochs", type=positive_int, help="epochs (default: sized from the data, about 300 "
-                       "steps within 10..100 epochs); with --resume the run's total, more than the checkpoint "
-                       "has done")
+    train.add_argument("--epochs", type=positive_int, help="epochs (default: sized from the data, about 8000 "
+                       "windows, at most 80 million window pixels, within 10..100 epochs); with --resume the run's "
+                       "total, more than the checkpoint has done")
     train.add_argument("--lr", type=parse_lr, help="learning rate (1e-4) or range from the first encoder stage "
                        "to the head (3e-5:1e-4); default: found with the learning-rate finder")
     train.add_argument("--max-minutes", type=_number(float, 0.0, closed=False, what="a number of minutes above 0"),
@@ -170,7 +174,7 @@ def _prepare(args, working_dir: Path):
 
     bands = [b - 1 for b in args.extract_bands] if args.extract_bands else None
     try:
-        data = prepare_data(args.data, batch_size=args.batch_size, chip_size=args.chip_size,
+        data = prepare_data(args.data, batch_size=args.batch_size or DEFAULT_BATCH, chip_size=args.chip_size,
                             val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
                             working_dir=working_dir, extract_bands=bands, stratify=args.stratify,
                             norm_pct=args.norm_pct, sampling=args.sampling,
@@ -180,6 +184,10 @@ def _prepare(args, working_dir: Path):
         n = exc.band_count
         raise LandcoverError(f"--extract-bands {' '.join(map(str, args.extract_bands))}: give distinct bands "
                              f"from 1 to {n} (the chips have {n} band{'s' if n != 1 else ''})") from None
+    if args.batch_size is None:
+        from ..train.recipe import size_batches
+
+        size_batches(data)
     import lightning
 
     from ..model.weights import PretrainedWeightsWarning
@@ -224,7 +232,8 @@ def run_train(args) -> int:
 
     epochs = args.epochs or auto_epochs(data)
     patience = 0 if args.no_early_stopping else auto_patience(epochs)
-    print(f"recipe: {model.backbone} ({training_pixels(data):,} labelled training pixels), {epochs} epochs"
+    print(f"recipe: {model.backbone} ({training_pixels(data):,} labelled training pixels), batches of "
+          f"{data.batch_size}{'' if args.batch_size else ' (sized)'}, {epochs} epochs"
           f"{'' if args.epochs else ' (sized from the data)'}, "
           + (f"early stopping after {patience} epochs without a better {args.monitor}, " if patience else "")
           + ("random windows of the whole labelled area" if isinstance(data.train_ds, WindowDataset)
