@@ -149,6 +149,12 @@ class ClassifiedTilesData:
                 f"{bands}, chip_size={self.chip_size}, classes [{names}])")
 
 
+def window_epoch(chips: int, batch_size: int, min_batches: int = MIN_WINDOW_BATCHES) -> int:
+    """Random windows in an epoch of the training mosaic: as many as there are training chips, and at least
+    ``min_batches`` batches of ``batch_size``."""
+    return max(int(chips), int(min_batches) * int(batch_size))
+
+
 def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 16,
                  chip_size: int | None = None, val_split_pct: float = 0.1, seed: int = 42,
                  class_mapping: Mapping[int, str] | None = None, transforms: Transform | bool | None = None,
@@ -277,7 +283,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     if mosaic is not None:
         # An epoch of windows is as many as there are chips, and at least MIN_WINDOW_BATCHES batches: 29 chips
         # in batches of 16 made epochs of one step, and the recipe's 100-epoch cap then stopped at 100 steps.
-        train_ds = WindowDataset(mosaic, size, train_ds, max(len(train_ds), MIN_WINDOW_BATCHES * int(batch_size)))
+        train_ds = WindowDataset(mosaic, size, train_ds, window_epoch(len(train_ds), batch_size))
     elif sampling == "mosaic":
         raise LandcoverError(f"{paths[0]}: {arg('sampling', 'mosaic')} needs GeoTIFF chips on one grid, at most "
                              f"{MOSAIC_MAX_CHIPS} of them; give {arg('sampling', 'chips')} or 'auto'")

@@ -80,10 +80,12 @@ def size_batches(data: ClassifiedTilesData) -> None:
     ``SMALL_SET_EPOCH_BATCHES`` batches. Other sets keep their batch size."""
     if training_pixels(data) >= SMALL_SET_PIXELS or TARGET_WINDOWS * int(data.chip_size) ** 2 > MAX_WINDOW_PIXELS:
         return
+    from ..data.mosaic import WindowDataset
+    from ..data.prepare import window_epoch
+
     data.batch_size = min(int(data.batch_size), SMALL_SET_BATCH)
-    windows = getattr(data.train_ds, "length", None)
-    if windows is not None:  # random windows of the mosaic: an epoch is a number of windows we choose
-        data.train_ds.length = max(windows, SMALL_SET_EPOCH_BATCHES * data.batch_size)
+    if isinstance(data.train_ds, WindowDataset):  # random windows of the mosaic: an epoch is a count we choose
+        data.train_ds.length = window_epoch(len(data.train_ds.chips), data.batch_size, SMALL_SET_EPOCH_BATCHES)
 
 
 def auto_patience(epochs: int) -> int:
