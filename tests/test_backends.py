@@ -224,3 +224,20 @@ def test_quantizers_calibrate_on_pieces_of_the_tiles():
     small = tiles[:, :, :96, :80]
     assert calibration_crops(small) is small
     assert calibration_crops(tiles[:, :, :100, :]).shape == (2 * 2, 3, 100, 256)
+
+
+def test_bf16_is_compiled_only_where_it_could_win():
+    """Compiling bf16 (~20 s on first use) is skipped where eager bf16 disagrees with fp32 (the compiled model
+    computes the same) or where a backend measured before it is faster than compiling could make bf16."""
+    why = choose_mod._not_worth_compiling
+    fp32 = {"mps": 0.8, "agreement": 1.0}
+    assert why({"fp32": fp32}) is None  # eager bf16 not measured: nothing to judge by
+    assert why({"fp32": fp32, "bf16": {"mps": 3.2, "agreement": 0.9999}, "int8": {"mps": 4.0, "agreement": 0.999}}) \
+        is None  # an AMX-like CPU: compiled bf16 may beat int8
+    slow = why({"fp32": fp32, "bf16": {"mps": 1.7, "agreement": 0.9999}, "openvino-int8": {"mps": 3.5,
+                                                                                        "agreement": 0.998}})
+    assert slow and slow.startswith("openvino-int8 at 3.50 MP/s")
+    # a faster backend that disagrees does not count
+    assert why({"fp32": fp32, "bf16": {"mps": 1.7, "agreement": 0.9999}, "int8": {"mps": 3.5, "agreement": 0.6}}) \
+        is None
+    assert "agrees with fp32 on 85.00%" in why({"fp32": fp32, "bf16": {"mps": 1.7, "agreement": 0.85}})

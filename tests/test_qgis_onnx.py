@@ -81,8 +81,11 @@ def naip_package(shared_data, tmp_path_factory):
         img, cell, crs = ds.read(), ds.res, ds.crs.to_wkt()
     with rasterio.open(str(path).replace("naip-new", "lc")) as ds:
         labels = ds.read(1)
+    # 120 steps: after 60, on a Zen 5 (the fitted weights differ by CPU), the two tilings agreed on 97.3 % of the
+    # pixels, the differences spread over the whole raster rather than at its edges: the near-ties of a barely
+    # fitted model, which the tilings split differently; after 120 steps 99.2 %
     return path, img, fitted_package(img, labels, CHESAPEAKE, tmp_path_factory.mktemp("naip") / "naip",
-                                     cell=cell, crs_wkt=crs, steps=60)
+                                     cell=cell, crs_wkt=crs, steps=120)
 
 
 def test_deepness_onnx_agrees_with_classify_pixels(naip_package, tmp_path):

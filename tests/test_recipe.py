@@ -230,7 +230,7 @@ class Weights(L.Callback):
 def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
     from landcover.train.module import SegmentationModule
 
-    series = [3.0, 1.0, 2.0, 2.5, 0.5, 0.1]
+    series = [3.0, 1.0, 2.0, 2.5, 2.2, 1.1, 1.2, 1.3, 0.9, 0.1]
 
     def scripted_step(self, batch, batch_idx):
         # the real forward pass and metrics, but a scripted validation loss: the best epoch is known
@@ -242,13 +242,28 @@ def test_early_stopping_restores_the_best_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(SegmentationModule, "validation_step", scripted_step)
     model = UnetClassifier(tiny_data(tmp_path), backbone="resnet18", pretrained=False)
     weights = Weights()
-    model.fit(6, lr=1e-3, early_stopping=2, checkpoint=False, monitor="valid_loss", precision="32-true",
-              callbacks=[weights], limit_train_batches=1, limit_val_batches=1)
+    model.fit(10, lr=1e-3, one_cycle=False, early_stopping=2, checkpoint=False, monitor="valid_loss",
+              precision="32-true", callbacks=[weights], limit_train_batches=1, limit_val_batches=1)
     assert len(weights.epochs) == 4  # epoch 1 was best, 2 and 3 did not improve: stopped
     state = model.net.state_dict()
     assert all(torch.equal(state[k], v) for k, v in weights.epochs[1].items())
     assert not all(torch.equal(state[k], v) for k, v in weights.epochs[3].items())
     assert model._monitored == ("valid_loss", pytest.approx(1.0))
+    # Under one-cycle the first half (the rate's rise and peak) is neither judged nor kept: epochs 2-4 do not stop
+    # the run and epoch 1's lucky value is not the best; judged from epoch 5, the run stops when epochs 6 and 7 are
+    # no better than 5, and epoch 5 returns.
+    model = UnetClassifier(tiny_data(tmp_path / "c"), backbone="resnet18", pretrained=False)
+    weights = Weights()
+    model.fit(10, lr=1e-3, early_stopping=2, checkpoint=False, monitor="valid_loss", precision="32-true",
+              callbacks=[weights], limit_train_batches=1, limit_val_batches=1)
+    assert len(weights.epochs) == 8
+    state = model.net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.epochs[5].items())
+    assert model._monitored == ("valid_loss", pytest.approx(1.1))
+    # the same with checkpoint files: the best checkpoint is the annealing half's best
+    model.fit(10, lr=1e-3, early_stopping=2, monitor="valid_loss", precision="32-true", limit_train_batches=1,
+              limit_val_batches=1)
+    assert model.checkpoint_path.name == "best-epoch=005.ckpt"
     with pytest.raises(LandcoverError, match="early_stopping"):
         model.fit(1, lr=1e-3, early_stopping=-1)
 

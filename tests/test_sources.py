@@ -335,3 +335,25 @@ def test_classify_reads_an_alpha_tagged_nir_band_as_data(tmp_path, recwarn):
         ds.write(data)
     with torch_threads(1), pytest.warns(ImageryWarning, match="band 4 holds only 0 and 255"):
         classify_pixels(alpha, folder, tmp_path / "map2.tif", progress=False)
+
+
+def test_the_alpha_check_samples_windows_of_a_raster_without_overviews(tmp_path):
+    """The alpha check reads a few windows of a large raster without overviews (a decimated read decoded the
+    whole band: a second of every 100 MP run's setup) and still tells a transparency mask from data."""
+    from landcover.classify import SAMPLE_GRID, SAMPLE_WINDOW, _sampled_values
+
+    mask = np.where(np.arange(900) < 450, 0, 255).astype("uint8")[None, :].repeat(700, 0)
+    data = (np.arange(900 * 700) % 251).astype("uint8").reshape(700, 900)
+    path = tmp_path / "big.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=900, height=700, count=2, dtype="uint8", crs="EPSG:32617",
+                       transform=from_origin(500000, 4300000, 1, 1), tiled=True, blockxsize=64, blockysize=64) as ds:
+        ds.write(np.stack([mask, data]))
+    with rasterio.open(path) as ds:
+        assert not ds.overviews(1)
+        assert set(_sampled_values(ds, 1).tolist()) == {0, 255}
+        sampled = _sampled_values(ds, 2)
+        assert 2 < len(sampled) <= SAMPLE_GRID ** 2 * SAMPLE_WINDOW ** 2
+    with rasterio.open(path, "r+") as ds:  # with overviews: the overview is the sample
+        ds.build_overviews([4], rasterio.enums.Resampling.nearest)
+    with rasterio.open(path) as ds:
+        assert set(_sampled_values(ds, 1).tolist()) == {0, 255}

@@ -6,7 +6,8 @@ valid pixels of a few real tiles of the raster. The choice is made cheap where i
 - a small job (under ~30 s of fp32 model time) runs fp32 without measuring anything;
 - a CPU without native bfloat16 (``avx512_bf16``/``amx_bf16`` in its flags) never tries the bf16 backends, which
   it would emulate several times slower than fp32; compiling (``bf16-compiled``, ~20 s) is tried only for long
-  jobs on a CPU with native bf16;
+  jobs on a CPU with native bf16, and only where eager bf16 agrees with fp32 and is not so far behind the fastest
+  backend measured that even compiling could not catch up (on a CPU with fast int8 it is not compiled);
 - the calibration tiles are a few MP whatever the raster's size (memory and time bounded), read once and shared
   by the timing, the agreement check and the int8 quantizations;
 - the decision and the prepared models are cached per model, tile size, decoding, CPU and software under
@@ -54,6 +55,10 @@ CALIBRATION_PX = 2.0e6
 CALIBRATION_TILES, CALIBRATION_PICK = 32, 64
 #: candidates timed a second time (the fastest that agree after the first round)
 SECOND_ROUND = 3
+#: what compiling gains over eager bf16 at most, as measured (1.16x on a Zen 5 with a ResNet-34 in 2026-11,
+#: 1.42x with the input skip's full-resolution block): compiling (~20 s) is skipped where even this gain would
+#: not make it the fastest backend that agrees
+COMPILE_GAIN = 1.5
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -253,6 +258,9 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
         for name in candidates:
             if name == "fp32":
                 continue
+            if name == "bf16-compiled" and (why := _not_worth_compiling(results)):
+                say(f"backend bf16-compiled: not compiled ({why})")
+                continue
             try:
                 artifacts[name] = prepare_artifact(name, pkg, decoder, model_hash, calibration, model)
                 classes, mps = timed(build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model))
@@ -280,6 +288,22 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
             say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in top) + " MP/s")
     best = max(agreeing, key=lambda n: results[n]["mps"])
     return {"backend": best, "artifact": artifacts.get(best), "results": results}
+
+
+def _not_worth_compiling(results: dict[str, dict]) -> str | None:
+    """Why compiling bf16 cannot pay off, judged from the backends measured so far (None: it may). The compiled
+    model computes what eager bf16 computes, so it agrees no better, and it ran at most ``COMPILE_GAIN`` times
+    eager bf16's speed: on a CPU where int8 is faster still, the ~20 s of compiling would be lost on first use."""
+    bf16 = results.get("bf16")
+    if bf16 is None:
+        return None
+    if bf16["agreement"] < MIN_AGREEMENT:
+        return f"bf16 agrees with fp32 on {bf16['agreement']:.2%} of pixels"
+    best, mps = max(((n, r["mps"]) for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT),
+                    key=lambda nm: nm[1])
+    if bf16["mps"] * COMPILE_GAIN <= mps:
+        return f"{best} at {mps:.2f} MP/s is faster than compiling bf16 ({bf16['mps']:.2f} MP/s eager) could be"
+    return None
 
 
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:

@@ -64,12 +64,22 @@ class OpenVinoEngine(Engine):
             raise LandcoverError(f"{path}: OpenVINO cannot load the prepared model ({str(exc).splitlines()[0]})"
                                  ) from None
         self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(i) for i in range(2)]
+        weighted, classes = (self.compiled.output(i) for i in range(2))
+        self.channels = weighted.get_partial_shape()[1].get_length()
+        self.class_dtype = classes.get_element_type().to_dtype()
 
     def _forward(self, x, w):
-        result = self.request.infer({"x": x, "w": w}, share_inputs=True)
-        # copies: the request's output buffers are reused by its next call
-        return np.array(result[self.outputs[0]]), np.array(result[self.outputs[1]])
+        import openvino as ov
+
+        # The request writes straight into new arrays, which the caller keeps: its own output buffers are reused
+        # by its next call, and copying 14 logits of a 960² tile out of them cost ~4 ms a tile (2 % of the run).
+        n, _, h, wd = x.shape
+        weighted = np.empty((n, self.channels, h, wd), np.float32)
+        classes = np.empty((n, h, wd), self.class_dtype)
+        self.request.set_output_tensor(0, ov.Tensor(weighted, shared_memory=True))
+        self.request.set_output_tensor(1, ov.Tensor(classes, shared_memory=True))
+        self.request.infer({"x": x, "w": w}, share_inputs=True)
+        return weighted, classes
 
 
 def quantize_openvino(onnx_path: Path, calibration: np.ndarray, path: Path) -> Path:

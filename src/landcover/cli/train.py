@@ -228,14 +228,15 @@ def run_train(args) -> int:
     data, model = _prepare(args, out.parent)
     print(data, flush=True)
     from ..data.mosaic import WindowDataset
-    from ..train.recipe import auto_epochs, auto_patience, training_pixels
+    from ..train.recipe import auto_epochs, auto_patience, judged_from, training_pixels
 
     epochs = args.epochs or auto_epochs(data)
     patience = 0 if args.no_early_stopping else auto_patience(epochs)
     print(f"recipe: {model.backbone} ({training_pixels(data):,} labelled training pixels), batches of "
           f"{data.batch_size}{'' if args.batch_size else ' (sized)'}, {epochs} epochs"
           f"{'' if args.epochs else ' (sized from the data)'}, "
-          + (f"early stopping after {patience} epochs without a better {args.monitor}, " if patience else "")
+          + (f"early stopping after {patience} epochs without a better {args.monitor} (judged from epoch "
+             f"{judged_from(epochs, not args.constant_lr)}), " if patience else "")
           + ("random windows of the whole labelled area" if isinstance(data.train_ds, WindowDataset)
              else "random crops of the chips")
           + (", no augmentation" if args.no_augment else ", flips/rotations and band jitter")

@@ -31,7 +31,14 @@ from .losses import SegmentationLoss, class_weights
 from .lr_find import lr_range_test, suggest_lr
 from .module import on_cuda, resolve_precision
 from .packaging import TRAINING_DEFAULTS, PackagingMixin, check_package_folder
-from .recipe import BestWeights, auto_backbone, auto_epochs
+from .recipe import (
+    AnnealedCheckpoint,
+    AnnealedEarlyStopping,
+    BestWeights,
+    auto_backbone,
+    auto_epochs,
+    judged_from,
+)
 from .resume import check_resume
 
 if TYPE_CHECKING:
@@ -340,7 +347,9 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         one-cycle schedule, else a constant rate. ``epochs=None``: sized from the data
         (:func:`~.recipe.auto_epochs`). ``early_stopping``: stop after 5 epochs (or this many, given a number)
         without ``monitor`` improving by 0.001; the best epoch's weights are restored at the end (from the
-        checkpoint, or from memory with ``checkpoint=False``). ``checkpoint``: keep the best epoch (by
+        checkpoint, or from memory with ``checkpoint=False``). Under one-cycle with early stopping, epochs of
+        the first half (the rate's rise and peak, when validation jumps) are neither judged nor kept; a run
+        stopped before (``max_time``) keeps its last weights. ``checkpoint``: keep the best epoch (by
         ``monitor``) and the last one under ``<working_dir>/models/checkpoints/<date>_<time>/``
         (``best-epoch=NNN.ckpt``, ``last.ckpt``), and
         restore the best at the end. ``tensorboard``: log the losses, metrics and learning rates for
@@ -360,7 +369,7 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         ``limit_train_batches``) go to ``lightning.pytorch.Trainer``.
         """
         import lightning.pytorch as L
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+        from lightning.pytorch.callbacks import ModelCheckpoint
 
         from .callbacks import History, ProgressTable
         from .module import SegmentationModule
@@ -408,17 +417,20 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         mode = MONITORS[monitor]
         best = None
+        # With early stopping (the recipe), the high-rate first half of a one-cycle run is neither judged nor kept.
+        start = judged_from(int(epochs), one_cycle) if patience else 0
         if patience:
-            callbacks.append(EarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=patience, mode=mode))
+            callbacks.append(AnnealedEarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=patience, mode=mode,
+                                                   start_epoch=start))
             if not checkpoint:
-                best = BestWeights(monitor, mode)
+                best = BestWeights(monitor, mode, start)
                 callbacks.append(best)
         ckpt = None
         if checkpoint:
             # A resumed run keeps writing beside the checkpoint it resumed from.
             ckpt_dir = Path(resume).resolve().parent if resume else _new_checkpoint_dir(data.working_dir)
-            ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
-                                   save_top_k=1)
+            ckpt = AnnealedCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                                      save_top_k=1, start_epoch=start)
             # The latest epoch, to resume an interrupted run (Lightning's save_last only follows saves of the
             # best checkpoint, so an epoch that does not improve would not be kept).
             latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
