@@ -99,29 +99,32 @@ def auto_patience(epochs: int) -> int:
     return max(MIN_PATIENCE, int(epochs * PATIENCE_FRACTION))
 
 
-class AnnealedEarlyStopping(EarlyStopping):
-    """Lightning's ``EarlyStopping`` that leaves epochs before ``start_epoch`` unjudged (the high-rate part of a
-    one-cycle schedule, see ``JUDGE_FROM``): it may stop a run only once the rate is annealing, when waiting
-    ``patience`` epochs for a better value means something."""
+class _FromEpoch:
+    """A Lightning callback that ignores the epochs before ``start_epoch`` (see ``JUDGE_FROM``)."""
 
     def __init__(self, *args, start_epoch: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_epoch = int(start_epoch)
+
+    def _early(self, trainer: L.Trainer) -> bool:
+        return trainer.current_epoch < self.start_epoch
+
+
+class AnnealedEarlyStopping(_FromEpoch, EarlyStopping):
+    """Lightning's ``EarlyStopping`` that leaves epochs before ``start_epoch`` unjudged (the high-rate part of a
+    one-cycle schedule): it may stop a run only once the rate is annealing, when waiting ``patience`` epochs for
+    a better value means something."""
 
     def _should_skip_check(self, trainer: L.Trainer) -> bool:
-        return super()._should_skip_check(trainer) or trainer.current_epoch < self.start_epoch
+        return super()._should_skip_check(trainer) or self._early(trainer)
 
 
-class AnnealedCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` that keeps no epoch before ``start_epoch`` (see ``JUDGE_FROM``): the best
-    epoch is the best of the annealing part of the run."""
-
-    def __init__(self, *args, start_epoch: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start_epoch = int(start_epoch)
+class AnnealedCheckpoint(_FromEpoch, ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that keeps no epoch before ``start_epoch``: the best epoch is the best of
+    the annealing part of the run."""
 
     def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        return super()._should_skip_saving_checkpoint(trainer) or trainer.current_epoch < self.start_epoch
+        return super()._should_skip_saving_checkpoint(trainer) or self._early(trainer)
 
 
 def judged_from(epochs: int, one_cycle: bool) -> int:
@@ -129,21 +132,20 @@ def judged_from(epochs: int, one_cycle: bool) -> int:
     return int(epochs * JUDGE_FROM) if one_cycle else 0
 
 
-class BestWeights(L.Callback):
+class BestWeights(_FromEpoch, L.Callback):
     """Keeps a CPU copy of the network's weights at the best validation ``monitor`` value so far (from
     ``start_epoch`` on); ``fit`` restores it at the end when no checkpoint file holds the best epoch
     (``checkpoint=False``)."""
 
     def __init__(self, monitor: str, mode: str, start_epoch: int = 0):
-        self.monitor, self.mode, self.start_epoch = monitor, mode, int(start_epoch)
+        super().__init__(start_epoch=start_epoch)
+        self.monitor, self.mode = monitor, mode
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
-        if trainer.current_epoch < self.start_epoch:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics or self._early(trainer):
             return
         value = float(trainer.callback_metrics[self.monitor])
         if math.isnan(value):
