@@ -13,8 +13,6 @@ from ..errors import LandcoverError
 #: the CLI's loss: cross-entropy and macro Dice half and half. On a small Landsat scene cross-entropy alone never
 #: predicted its four rarest classes (macro IoU 0.21); with Dice it found them (0.35), as a random forest does.
 DICE_FRACTION = 0.5
-#: chips per batch of a set that is not small (train.recipe.size_batches sizes a small set's)
-DEFAULT_BATCH = 16
 
 
 def parse_lr(text: str) -> float | slice:
@@ -174,7 +172,9 @@ def _prepare(args, working_dir: Path):
 
     bands = [b - 1 for b in args.extract_bands] if args.extract_bands else None
     try:
-        data = prepare_data(args.data, batch_size=args.batch_size or DEFAULT_BATCH, chip_size=args.chip_size,
+        # without --batch-size, prepare_data's own default; train.recipe.size_batches then sizes a small set's
+        batch = {"batch_size": args.batch_size} if args.batch_size else {}
+        data = prepare_data(args.data, **batch, chip_size=args.chip_size,
                             val_split_pct=args.val_split, seed=args.seed, num_workers=args.num_workers,
                             working_dir=working_dir, extract_bands=bands, stratify=args.stratify,
                             norm_pct=args.norm_pct, sampling=args.sampling,
