@@ -241,3 +241,19 @@ def test_bf16_is_compiled_only_where_it_could_win():
     assert why({"fp32": fp32, "bf16": {"mps": 1.7, "agreement": 0.9999}, "int8": {"mps": 3.5, "agreement": 0.6}}) \
         is None
     assert "agrees with fp32 on 85.00%" in why({"fp32": fp32, "bf16": {"mps": 1.7, "agreement": 0.85}})
+
+
+def test_the_second_round_times_again_only_backends_that_could_still_win():
+    """The second timing round (against the machine's drift) covers the fastest backends that agree with fp32,
+    but not one so far behind that no slow moment explains it: fp32 eager at 0.4 of OpenVINO's speed on a Zen 3
+    cost ~12 s of a first run's setup to time again."""
+    again = choose_mod._second_round
+    fp32 = {"mps": 0.24, "agreement": 1.0}
+    results = {"fp32": fp32, "onnx": {"mps": 0.49, "agreement": 0.9999}, "int8": {"mps": 0.80, "agreement": 0.52},
+               "openvino": {"mps": 0.62, "agreement": 0.9999}, "openvino-int8": {"mps": 0.80, "agreement": 0.63}}
+    assert again(results) == ["openvino", "onnx"]  # int8 paths disagree; fp32 is too far behind to win
+    assert again({"fp32": fp32, "onnx": {"mps": 0.30, "agreement": 1.0}}) == ["onnx", "fp32"]
+    assert again({"fp32": fp32, "openvino-int8": {"mps": 0.9, "agreement": 0.999}}) == []  # nothing to reorder
+    assert again({"fp32": fp32}) == []
+    many = {n: {"mps": m, "agreement": 1.0} for n, m in [("a", 1.0), ("b", 0.9), ("c", 0.8), ("d", 0.7)]}
+    assert again(many) == ["a", "b", "c"]  # at most SECOND_ROUND

@@ -53,8 +53,12 @@ CALIBRATION_PX = 2.0e6
 #: calibration tiles at most (small tiles: more of them, so that int8 ranges see the raster's variety), and the
 #: tiles spread over the raster they are picked from (the most valid)
 CALIBRATION_TILES, CALIBRATION_PICK = 32, 64
-#: candidates timed a second time (the fastest that agree after the first round)
+#: candidates timed a second time (the fastest that agree after the first round) ...
 SECOND_ROUND = 3
+#: ... of those at least this fraction of the fastest's first-round speed: the worst slow moment seen (a compiled
+#: model timed at 60 % of its speed right after being built) cannot lift a backend further behind past the
+#: fastest; timing fp32 eager again (0.25-0.45 of openvino-int8 on a Zen 3) cost 8-12 s of a first run's setup
+SECOND_ROUND_WITHIN = 0.6
 #: what compiling gains over eager bf16 at most, as measured (1.16x on a Zen 5 with a ResNet-34 in 2026-11,
 #: 1.42x with the input skip's full-resolution block): compiling (~20 s) is skipped where even this gain would
 #: not make it the fastest backend that agrees
@@ -277,17 +281,29 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
         # A second round over the fastest that agree, each keeping its better time: the machine's speed drifts
         # (here by 10-20 % within minutes, and once a compiled model timed at 60 % of its speed right after
         # being built), and one slow moment must not decide a choice that is cached for good.
-        agreeing = [n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT]
-        top = sorted(agreeing, key=lambda n: -results[n]["mps"])[:SECOND_ROUND]
-        if len(top) > 1:
+        top = _second_round(results)
+        if top:
             for name in top:
                 engine = build_engine(name, pkg, decoder, artifacts[name], threads=threads, model=model)
                 results[name]["mps"] = max(results[name]["mps"], timed(engine)[1])
                 del engine
                 gc.collect()
             say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in top) + " MP/s")
-    best = max(agreeing, key=lambda n: results[n]["mps"])
+    best = max((n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT), key=lambda n: results[n]["mps"])
     return {"backend": best, "artifact": artifacts.get(best), "results": results}
+
+
+def _second_round(results: dict[str, dict]) -> list[str]:
+    """The backends timed again after the first round: up to ``SECOND_ROUND`` of the fastest that agree with
+    fp32, those within ``SECOND_ROUND_WITHIN`` of the fastest's speed; none when that leaves one (its rank
+    cannot change)."""
+    agreeing = sorted((n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT),
+                      key=lambda n: -results[n]["mps"])
+    if not agreeing:
+        return []
+    floor = results[agreeing[0]]["mps"] * SECOND_ROUND_WITHIN
+    top = [n for n in agreeing[:SECOND_ROUND] if results[n]["mps"] >= floor]
+    return top if len(top) > 1 else []
 
 
 def _not_worth_compiling(results: dict[str, dict]) -> str | None:
