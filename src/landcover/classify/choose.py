@@ -289,16 +289,20 @@ def _measure(pkg, decoder, calibration, valid, model_hash, candidates, threads, 
                 del engine
                 gc.collect()
             say("fastest of two rounds: " + ", ".join(f"{n} {results[n]['mps']:.2f}" for n in top) + " MP/s")
-    best = max((n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT), key=lambda n: results[n]["mps"])
+    best = _agreeing(results)[0]  # fp32 itself always agrees
     return {"backend": best, "artifact": artifacts.get(best), "results": results}
+
+
+def _agreeing(results: dict[str, dict]) -> list[str]:
+    """The backends measured so far whose class map agrees with fp32 (``MIN_AGREEMENT``), fastest first."""
+    return sorted((n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT), key=lambda n: -results[n]["mps"])
 
 
 def _second_round(results: dict[str, dict]) -> list[str]:
     """The backends timed again after the first round: up to ``SECOND_ROUND`` of the fastest that agree with
     fp32, those within ``SECOND_ROUND_WITHIN`` of the fastest's speed; none when that leaves one (its rank
     cannot change)."""
-    agreeing = sorted((n for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT),
-                      key=lambda n: -results[n]["mps"])
+    agreeing = _agreeing(results)
     if not agreeing:
         return []
     floor = results[agreeing[0]]["mps"] * SECOND_ROUND_WITHIN
@@ -315,8 +319,8 @@ def _not_worth_compiling(results: dict[str, dict]) -> str | None:
         return None
     if bf16["agreement"] < MIN_AGREEMENT:
         return f"bf16 agrees with fp32 on {bf16['agreement']:.2%} of pixels"
-    best, mps = max(((n, r["mps"]) for n, r in results.items() if r["agreement"] >= MIN_AGREEMENT),
-                    key=lambda nm: nm[1])
+    best = _agreeing(results)[0]
+    mps = results[best]["mps"]
     if bf16["mps"] * COMPILE_GAIN <= mps:
         return f"{best} at {mps:.2f} MP/s is faster than compiling bf16 ({bf16['mps']:.2f} MP/s eager) could be"
     return None
