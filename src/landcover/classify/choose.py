@@ -301,10 +301,8 @@ def _agreeing(results: dict[str, dict]) -> list[str]:
 def _second_round(results: dict[str, dict]) -> list[str]:
     """The backends timed again after the first round: up to ``SECOND_ROUND`` of the fastest that agree with
     fp32, those within ``SECOND_ROUND_WITHIN`` of the fastest's speed; none when that leaves one (its rank
-    cannot change)."""
+    cannot change). ``results`` holds fp32, which agrees with itself."""
     agreeing = _agreeing(results)
-    if not agreeing:
-        return []
     floor = results[agreeing[0]]["mps"] * SECOND_ROUND_WITHIN
     top = [n for n in agreeing[:SECOND_ROUND] if results[n]["mps"] >= floor]
     return top if len(top) > 1 else []
