@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from ..raster import (
     whole_grid,
 )
 from ..sources import Imagery, looks_like_stac_item, resolve
-from ..threads import split_threads
+from ..threads import ThreadPlan, split_threads
 from .blend import ClassDecoder
 from .blocks import Job, done_path, forget_contexts, run_block
 from .choose import choose_engine
@@ -141,13 +142,60 @@ def classify_pixels(
     """
     t_start = time.perf_counter()
     a = _arcgis_arguments(locals())
-    output, padding, batch_size, predict_background, test_time_augmentation, tile_size = (
-        a[k] for k in ("output", "padding", "batch_size", "predict_background", "test_time_augmentation",
-                       "tile_size"))
-    extent, extent_crs, cell_size, backend, model = (a[k] for k in ("extent", "extent_crs", "cell_size", "backend",
-                                                                    "model"))
-    output = Path(output)
+    output = Path(a["output"])
     prob_path = Path(probabilities) if probabilities is not None else None
+    _check_outputs(output, prob_path, input_raster, overwrite)
+    _check_arguments(a, scheduler, workers, block_size)
+    # The compute threads of this run's own processes (a remote cluster's workers use their own threads).
+    split = None if scheduler else split_threads(int(workers or 1), threads)
+    if split is not None and workers:
+        workers = split.processes
+
+    from ..package import load_package
+
+    pkg = load_package(a["model"])
+    decoder = ClassDecoder.for_package(pkg, a["predict_background"])
+    # Plan the tiles on the output grid and choose the engine, with the imagery open once.
+    run = _plan(a, input_raster, bands, pkg, decoder, block_size, resume, split, prob_path,
+                _say if progress else (lambda _m: None))
+    with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
+        job = _open_job(run, client, block_size, resume, overwrite)
+        t_blocks = time.perf_counter()
+        _run_blocks(job, run.plan, client, progress, pkg)
+    t_assembly = time.perf_counter()
+    finish(job, run.plan, decoder, list(pkg.classes), output, prob_path)
+    if progress:
+        _say(_summary(run, t_start, t_blocks, t_assembly, output))
+    return output
+
+
+@dataclass
+class _Run:
+    """One classification as its setup decided it: the call's settings that shape the output, the imagery, its
+    grid and tiling, the work folder and the engine chosen."""
+
+    model: str | os.PathLike
+    batch_size: int
+    tta: bool
+    #: what the run does (an arcgis.learn package without class 0 never predicts it), kept in its manifest
+    predict_background: bool
+    prob_path: Path | None
+    split: ThreadPlan | None
+    source: Imagery
+    grid: Grid
+    window: Window | None
+    plan: TilePlan
+    tile: int
+    pad: int
+    model_hash: str
+    work: Path
+    #: the manifest of the unfinished run being resumed
+    previous: dict | None
+    choice: dict
+
+
+def _check_outputs(output: Path, prob_path: Path | None, input_raster, overwrite: bool) -> None:
+    """The outputs are GeoTIFFs in writable folders, not the inputs, and replaced only with ``overwrite``."""
     paths = [str(p) for p in (input_raster if isinstance(input_raster, (list, tuple)) else [input_raster])
              if isinstance(p, (str, os.PathLike))]
     clear_leftovers(output, prob_path)  # what a killed run left: its temporary COG, a finished run's work folder
@@ -160,24 +208,37 @@ def classify_pixels(
         check_writable_dir(path.parent)
     if prob_path is not None and prob_path.resolve() == output.resolve():
         raise LandcoverError(f"{prob_path}: the probabilities output must differ from the classes output")
-    if backend not in BACKENDS:
-        raise LandcoverError(f"{arg('backend', backend)}: unknown backend (choose from {', '.join(BACKENDS)})")
+
+
+def _check_arguments(a: dict, scheduler: str | None, workers: int | None, block_size: int | None) -> None:
+    """Arguments that need neither the model nor the imagery."""
+    if a["backend"] not in BACKENDS:
+        raise LandcoverError(f"{arg('backend', a['backend'])}: unknown backend (choose from {', '.join(BACKENDS)})")
     if scheduler and workers:
         raise LandcoverError(f"give either {arg('scheduler')} or {arg('workers')}, not both")
     if workers is not None and int(workers) < 1:
         raise LandcoverError(f"{arg('workers', workers)}: must be at least 1")
-    if int(batch_size) < 1:
-        raise LandcoverError(f"{arg('batch_size', batch_size)}: must be at least 1")
-    # The compute threads of this run's own processes (a remote cluster's workers use their own threads).
-    split = None if scheduler else split_threads(int(workers or 1), threads)
-    if split is not None and workers:
-        workers = split.processes
+    if int(a["batch_size"]) < 1:
+        raise LandcoverError(f"{arg('batch_size', a['batch_size'])}: must be at least 1")
+    if block_size is not None and block_size < 1:
+        raise LandcoverError(f"{arg('block_size', block_size)}: must be at least 1")
 
-    from ..package import load_package
 
-    pkg = load_package(model)
-    decoder = ClassDecoder.for_package(pkg, predict_background)
-    predict_background = decoder.predicts_background  # what the run does (also kept in its manifest)
+def _tiling(pkg, tile_size, padding) -> tuple[int, int]:
+    """The model input's edge (default the package's) and the context on each side (default a quarter of it)."""
+    tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "tile_size")
+    pad = tile // 4 if padding is None else whole(padding, "padding")
+    if tile < 16:
+        raise LandcoverError(f"{arg('tile_size', tile)}: must be at least 16 pixels")
+    if pad < 0 or 2 * pad >= tile:
+        raise LandcoverError(f"{arg('padding', pad)}: must be >= 0 and less than half the tile size ({tile})")
+    return tile, pad
+
+
+def _plan(a: dict, input_raster, bands, pkg, decoder: ClassDecoder, block_size: int | None, resume: bool,
+          split: ThreadPlan | None, prob_path: Path | None, say) -> _Run:
+    """Open the imagery, check it against the model, lay out the tiles on the output grid (the extent and cell
+    size asked, snapped to the raster's cells) and choose the engine (cached per model, CPU and tiling)."""
     with rasterio.Env(**GDAL_ENV):
         # Physical values (GDAL scale/offset applied, float) unless the model was trained on integer counts: a
         # package records its pixel type, and one trained on raw counts keeps reading them.
@@ -185,72 +246,52 @@ def classify_pixels(
         source = resolve(input_raster, "input_raster", bands or _trained_bands(input_raster, pkg), raw=raw)
     with rasterio.Env(**GDAL_ENV), source.open() as ds:
         check_imagery(ds, pkg, source.name)
-        grid = target_grid(Grid.of(ds), extent, extent_crs, cell_size, name=source.name)
-        if cell_size is None:
+        grid = target_grid(Grid.of(ds), a["extent"], a["extent_crs"], a["cell_size"], name=source.name)
+        if a["cell_size"] is None:
             _check_cell_size(grid, pkg, source.name)
-        tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "tile_size")
-        pad = tile // 4 if padding is None else whole(padding, "padding")
-        if tile < 16:
-            raise LandcoverError(f"{arg('tile_size', tile)}: must be at least 16 pixels")
-        if pad < 0 or 2 * pad >= tile:
-            raise LandcoverError(f"{arg('padding', pad)}: must be >= 0 and less than half the tile size ({tile})")
-        if block_size is not None and block_size < 1:
-            raise LandcoverError(f"{arg('block_size', block_size)}: must be at least 1")
-        whole_raster = whole_grid(Grid.of(ds), cell_size)
+        tile, pad = _tiling(pkg, a["tile_size"], a["padding"])
+        whole_raster = whole_grid(Grid.of(ds), a["cell_size"])
         window = grid_window(whole_raster, grid)
         plan = TilePlan.build(grid.height, grid.width, tile, pad, int(block_size or DEFAULT_BLOCK), window)
         model_hash = weights_hash(pkg)
-        work = work_dir(output)
+        work = work_dir(Path(a["output"]))
         previous = read_manifest(work) if resume else None
-        say = _say if progress else (lambda _m: None)
-        choice = choose_engine(backend, previous, pkg, decoder, ds, (grid, whole_raster), plan, tile, model_hash,
-                               test_time_augmentation, split.threads if split else None, say)
+        choice = choose_engine(a["backend"], previous, pkg, decoder, ds, (grid, whole_raster), plan, tile, model_hash,
+                               a["test_time_augmentation"], split.threads if split else None, say)
+    return _Run(a["model"], int(a["batch_size"]), bool(a["test_time_augmentation"]), decoder.predicts_background,
+                prob_path, split, source, grid, window, plan, tile, pad, model_hash, work, previous, choice)
 
-    with _executor(scheduler, workers) as client:  # connect first: a dead scheduler leaves nothing behind
-        if block_size is None:
-            block_size = (previous or {}).get("block_size") or _block_size_for(plan, client)
-            plan = plan.reblocked(block_size)
-        manifest = {
-            "format": 2, "model_hash": model_hash, "imagery": _absolute(source).describe(),
-            "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in source.paths],
-            "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
-                     "height": grid.height},
-            "window": list(window) if window else None, "tile": tile, "padding": pad, "block_size": int(block_size),
-            "tta": bool(test_time_augmentation),
-            "predict_background": bool(predict_background), "probabilities": prob_path is not None,
-            "backend": choice["backend"], "engine": choice.get("engine"),
-        }
-        open_work(work, manifest, resume, overwrite)
-        job = _start(choice, work, source, grid, window, model, model_hash, tile, pad, block_size, batch_size,
-                     test_time_augmentation, predict_background, prob_path, split)
-        t_blocks = time.perf_counter()
-        try:
-            _run_blocks(job, plan, client, progress, pkg)
-        except BaseException as exc:
-            forget_contexts()  # nothing this run read stays cached for the next run in this process
-            # A run that failed (or was interrupted) before finishing any block leaves nothing to resume.
-            kept = any(done_path(work, b).exists() for b in plan.blocks)
-            if not kept:
-                shutil.rmtree(work, ignore_errors=True)
-            if kept and isinstance(exc, NetworkError):
-                raise LandcoverError(f"{exc}; add {arg('resume', True)} to continue from the finished blocks") \
-                    from None
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise LandcoverError(f"{work.parent}: the disk is full; free some space"
-                                     f"{', then rerun with ' + arg('resume', True) if kept else ''}") from None
-            raise
-    t_assembly = time.perf_counter()
-    finish(job, plan, decoder, list(pkg.classes), output, prob_path)
+
+def _open_job(run: _Run, client, block_size: int | None, resume: bool, overwrite: bool) -> Job:
+    """Fix the block size (not given: a resumed run's, else from the cluster's threads), open the work folder
+    with the run's manifest and describe the job its blocks run."""
+    if block_size is None:
+        block_size = (run.previous or {}).get("block_size") or _block_size_for(run.plan, client)
+        run.plan = run.plan.reblocked(block_size)
+    grid = run.grid
+    manifest = {
+        "format": 2, "model_hash": run.model_hash, "imagery": _absolute(run.source).describe(),
+        "imagery_bytes": [os.path.getsize(p) if os.path.exists(p) else None for p in run.source.paths],
+        "grid": {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
+                 "height": grid.height},
+        "window": list(run.window) if run.window else None, "tile": run.tile, "padding": run.pad,
+        "block_size": int(block_size), "tta": run.tta, "predict_background": run.predict_background,
+        "probabilities": run.prob_path is not None, "backend": run.choice["backend"],
+        "engine": run.choice.get("engine"),
+    }
+    open_work(run.work, manifest, resume, overwrite)
+    return _start(run, block_size)
+
+
+def _summary(run: _Run, t_start: float, t_blocks: float, t_assembly: float, output: Path) -> str:
+    """The run's final line: size, speed, backend, threads, tiling and where the time went."""
     t_end = time.perf_counter()
-    seconds = t_end - t_start
-    mp = grid.width * grid.height / 1e6
-    threads_text = split.describe() if split else "the cluster's threads"
-    if progress:
-        _say(f"classified {grid.width} x {grid.height} px ({mp:.1f} MP) in {seconds:.1f} s: {mp / seconds:.2f} "
-             f"MP/s ({choice['backend']}, {threads_text}, {plan.tile_count} tiles of {plan.rows.tile} px, padding "
-             f"{pad}; setup {t_blocks - t_start:.1f} s, blocks {t_assembly - t_blocks:.1f} s, assembly "
-             f"{t_end - t_assembly:.1f} s) -> {output}")
-    return output
+    seconds, mp = t_end - t_start, run.grid.width * run.grid.height / 1e6
+    threads_text = run.split.describe() if run.split else "the cluster's threads"
+    return (f"classified {run.grid.width} x {run.grid.height} px ({mp:.1f} MP) in {seconds:.1f} s: "
+            f"{mp / seconds:.2f} MP/s ({run.choice['backend']}, {threads_text}, {run.plan.tile_count} tiles of "
+            f"{run.plan.rows.tile} px, padding {run.pad}; setup {t_blocks - t_start:.1f} s, blocks "
+            f"{t_assembly - t_blocks:.1f} s, assembly {t_end - t_assembly:.1f} s) -> {output}")
 
 
 #: model_arguments of arcgis.learn's pixel classifiers that landcover honours, and how their strings are read
@@ -325,29 +366,27 @@ def _check_cell_size(grid: Grid, pkg, name: str) -> None:
     if image > 0 and model > 0 and max(image / model, model / image) >= CELL_SIZE_RATIO:
         warnings.warn(f"{name}: cell size {image:g} m, the model was trained at {model:g} m; classify with "
                       f"{arg('cell_size', round(model / f_img, 6))} to resample to it",
-                      CellSizeWarning, stacklevel=3)
+                      CellSizeWarning, stacklevel=4)
 
 
-def _start(choice, work, source: Imagery, grid, window, model, model_hash, tile, pad, block_size, batch_size, tta,
-           predict_background, prob_path, split) -> Job:
+def _start(run: _Run, block_size: int) -> Job:
     """The run's job description, with the run's own copy of the exported model (if any)."""
     # The run keeps its own copy of an exported model, so a resumed run (or a remote worker) uses the same one.
+    choice, work, grid = run.choice, run.work, run.grid
     artifact = work / choice["engine"] if choice.get("engine") else None
     if artifact is not None and not artifact.exists():
         if not choice.get("artifact"):
             raise LandcoverError(f"{artifact}: missing from the unfinished run; remove {work} to start again")
         _link_or_copy(Path(choice["artifact"]), artifact)
-    job = Job(
-        imagery=_absolute(source), crs_wkt=grid.crs.to_wkt(),
-        transform=tuple(grid.transform)[:6], width=grid.width, height=grid.height, model=str(Path(model).resolve()),
-        model_hash=model_hash, backend=choice["backend"], artifact=str(artifact) if artifact else None,
-        tile=tile, padding=pad, block_size=int(block_size), batch_size=int(batch_size),
-        tta=bool(tta), predict_background=bool(predict_background),
-        probabilities=prob_path is not None, work=str(work),
-        threads=split.threads if split else None,
-        raw_classes=has_room(work, 3 * grid.width * grid.height), window=window,
+    return Job(
+        imagery=_absolute(run.source), crs_wkt=grid.crs.to_wkt(), transform=tuple(grid.transform)[:6],
+        width=grid.width, height=grid.height, model=str(Path(run.model).resolve()), model_hash=run.model_hash,
+        backend=choice["backend"], artifact=str(artifact) if artifact else None, tile=run.tile, padding=run.pad,
+        block_size=int(block_size), batch_size=run.batch_size, tta=run.tta,
+        predict_background=run.predict_background, probabilities=run.prob_path is not None, work=str(work),
+        threads=run.split.threads if run.split else None,
+        raw_classes=has_room(work, 3 * grid.width * grid.height), window=run.window,
     )
-    return job
 
 
 def _absolute(source: Imagery) -> Imagery:
@@ -409,7 +448,7 @@ def _check_alpha(ds, pkg, name: str) -> None:
         warnings.warn(f"{name}: band {band} holds only 0 and 255 and GDAL tags it alpha (transparency), but the model "
                       f"reads it as data (its band {pkg.extract_bands.index(band - 1) + 1}); it is read as data, not "
                       "as a mask: check that the imagery has the bands the model was trained on", ImageryWarning,
-                      stacklevel=4)
+                      stacklevel=5)
 
 
 #: windows of ``_sampled_values`` per side and their edge in pixels: 16 windows of 64², 64 K pixels in all
@@ -459,6 +498,25 @@ def _executor(scheduler: str | None, workers: int | None):
 
 
 def _run_blocks(job: Job, plan: TilePlan, client, progress: bool, pkg=None) -> None:
+    """Run the blocks not yet done. A run that fails (or is interrupted) before finishing any block leaves
+    nothing behind; one that finished some keeps them for ``resume``, and says so when it can be resumed."""
+    work = Path(job.work)
+    try:
+        _each_block(job, plan, client, progress, pkg)
+    except BaseException as exc:
+        forget_contexts()  # nothing this run read stays cached for the next run in this process
+        kept = any(done_path(work, b).exists() for b in plan.blocks)
+        if not kept:
+            shutil.rmtree(work, ignore_errors=True)
+        if kept and isinstance(exc, NetworkError):
+            raise LandcoverError(f"{exc}; add {arg('resume', True)} to continue from the finished blocks") from None
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise LandcoverError(f"{work.parent}: the disk is full; free some space"
+                                 f"{', then rerun with ' + arg('resume', True) if kept else ''}") from None
+        raise
+
+
+def _each_block(job: Job, plan: TilePlan, client, progress: bool, pkg=None) -> None:
     from tqdm.auto import tqdm
 
     blocks = plan.blocks

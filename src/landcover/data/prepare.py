@@ -195,64 +195,20 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     (see :mod:`.mosaic`; validation chips' footprints are withheld from training), else on random crops of
     the chips; ``"mosaic"`` requires the windows, ``"chips"`` always uses the chips.
     """
-    _check_dataset_type(dataset_type)
-    if sampling not in SAMPLING:
-        raise LandcoverError(f"{arg('sampling', sampling)}: choose one of {', '.join(SAMPLING)}")
-    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
-    if not paths:
-        raise LandcoverError("prepare_data: give at least one training data folder")
-    if not 0 < val_split_pct < 1:
-        raise LandcoverError(f"{arg('val_split_pct', val_split_pct)}: give a fraction between 0 and 1 (e.g. 0.1)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
-        raise LandcoverError(f"{arg('batch_size', batch_size)}: give a positive number of chips per batch")
+    paths = _check_arguments(path, val_split_pct, batch_size, stratify, dataset_type, sampling)
     pct = _check_norm_pct(norm_pct)
-    if not isinstance(stratify, (bool, np.bool_)):
-        raise LandcoverError(f"{arg('stratify', stratify)}: give True (a split stratified by the classes in each chip) "
-                             "or False (a random split)")
     exports = [read_export(p) for p in paths]
     for e in exports:
         if e.missing_labels:
             warnings.warn(f"{e.path}: {e.missing_labels} image chip(s) have no label chip and are skipped",
                           stacklevel=2)
     pairs = [pair for e in exports for pair in e.pairs]
-    # Chips are small: reading every header and label once here, in threads (GDAL releases the GIL), is cheap.
-    # The warning filter is process-wide and not thread-safe, so it is set once around the pool.
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG/JPEG chips have no georeferencing
-        headers = list(pool.map(_header, [img for img, _ in pairs]))
-        header = _check_uniform(pairs, headers)
-        bands = _check_extract_bands(extract_bands, header.bands)
-        counts = list(pool.map(lambda pair_header: _scan_label(*pair_header), zip(pairs, headers, strict=True)))
-    classes = _merge_classes(exports)
-    classes = _check_labels(classes, pairs, counts, paths)
+    header, bands, counts = _scan(pairs, extract_bands)
+    classes = _check_labels(_merge_classes(exports), pairs, counts, paths)
     if class_mapping:
         classes = _rename(classes, class_mapping)
-    pixel_counts: dict[int, int] = {}
-    for chip_counts in counts:
-        for value, n in chip_counts.items():
-            pixel_counts[value] = pixel_counts.get(value, 0) + n
-    pixel_counts.pop(0, None)
-    present = sorted(pixel_counts)
-    if len(classes) < 2 or len(present) < 2:
-        only = present[0] if present else (classes[0].value if classes else "none")
-        raise LandcoverError(f"{paths[0]}: the labels hold a single class ({only}); a pixel classifier needs at "
-                             "least two classes — label another class (e.g. background) and export again")
-
-    n_valid = max(1, round(len(pairs) * val_split_pct))
-    if len(pairs) - n_valid < 1:
-        raise LandcoverError(f"{paths[0]}: {len(pairs)} chip(s) cannot be split into training and validation "
-                             "sets; export more chips")
-    # Window sampling withholds validation footprints from training: there the validation chips are a compact
-    # block that takes little of any class (see .split); else a stratified or a random split.
-    layout = chip_layout(pairs) if sampling != "chips" and not stratify else None
-    if layout is not None:
-        valid_set = compact_split(layout, [read_label(lab) for _, lab in pairs], n_valid, seed)
-    elif stratify:
-        valid_set = stratified_split([frozenset(v for v in chip if v != 0) for chip in counts], n_valid, seed)
-    else:
-        valid_set = set(np.random.default_rng(seed).permutation(len(pairs))[:n_valid].tolist())
-    valid_pairs = [pair for i, pair in enumerate(pairs) if i in valid_set]
-    train_pairs = [pair for i, pair in enumerate(pairs) if i not in valid_set]
+    pixel_counts = _pixel_counts(classes, counts, paths)
+    layout, train_pairs, valid_pairs = _split(pairs, counts, val_split_pct, sampling, stratify, seed, paths)
     if int(batch_size) > len(train_pairs):
         raise LandcoverError(f"{arg('batch_size', batch_size)} is larger than the {len(train_pairs)} training chips; "
                              "lower the batch size or export more chips")
@@ -261,22 +217,13 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     mean, std = _normalization(exports, train_pairs, header, nodata, seed, bands, pct)
     h, w = header.height, header.width
     size = min(int(chip_size), h, w) if chip_size else min(h, w)
-    lut = np.zeros(max(max(c.value for c in classes), max(present)) + 1, dtype=np.int64)
+    lut = np.zeros(max(max(c.value for c in classes), max(pixel_counts)) + 1, dtype=np.int64)
     for i, c in enumerate(classes):
         lut[c.value] = i + 1
-    if transforms is None:
-        transform: Transform | None = Augment()
-    elif transforms is False:
-        transform = None
-    elif callable(transforms):
-        transform = transforms
-    else:
-        raise LandcoverError(f"transforms={transforms!r}: give None (default augmentation), False or a callable "
-                             "(image, label) -> (image, label)")
     crop = size if (size < h or size < w) else None
     # read_chip slices only when the selection is not all bands in order
     train_ds: ChipDataset | WindowDataset = ChipDataset(train_pairs, lut, mean, std, nodata, crop=crop,
-                                                        transform=transform, bands=bands)
+                                                        transform=_transform(transforms), bands=bands)
     if layout is not None:
         layout = reorder(layout, pairs, train_pairs + valid_pairs)
     mosaic = build_mosaic(train_pairs, valid_pairs, lut, nodata, bands, layout) if sampling != "chips" else None
@@ -302,6 +249,85 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
         working_dir=Path(working_dir) if working_dir else paths[0].resolve().parent,
         rgb_bands=shown,
     )
+
+
+def _check_arguments(path, val_split_pct, batch_size, stratify, dataset_type, sampling) -> list[Path]:
+    """prepare_data's arguments that need no chip read; returns the folders."""
+    _check_dataset_type(dataset_type)
+    if sampling not in SAMPLING:
+        raise LandcoverError(f"{arg('sampling', sampling)}: choose one of {', '.join(SAMPLING)}")
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not paths:
+        raise LandcoverError("prepare_data: give at least one training data folder")
+    if not 0 < val_split_pct < 1:
+        raise LandcoverError(f"{arg('val_split_pct', val_split_pct)}: give a fraction between 0 and 1 (e.g. 0.1)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
+        raise LandcoverError(f"{arg('batch_size', batch_size)}: give a positive number of chips per batch")
+    if not isinstance(stratify, (bool, np.bool_)):
+        raise LandcoverError(f"{arg('stratify', stratify)}: give True (a split stratified by the classes in each chip) "
+                             "or False (a random split)")
+    return paths
+
+
+def _scan(pairs: list, extract_bands) -> tuple:
+    """Every chip's header and label counts, checked alike: ``(header, bands to train on, counts per chip)``."""
+    # Chips are small: reading every header and label once here, in threads (GDAL releases the GIL), is cheap.
+    # The warning filter is process-wide and not thread-safe, so it is set once around the pool.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG/JPEG chips have no georeferencing
+        headers = list(pool.map(_header, [img for img, _ in pairs]))
+        header = _check_uniform(pairs, headers)
+        bands = _check_extract_bands(extract_bands, header.bands)
+        counts = list(pool.map(lambda pair_header: _scan_label(*pair_header), zip(pairs, headers, strict=True)))
+    return header, bands, counts
+
+
+def _pixel_counts(classes: list[ClassInfo], counts: list[dict], paths: list[Path]) -> dict[int, int]:
+    """Labelled pixels per class value over all chips (no data left out); at least two classes must have some."""
+    pixel_counts: dict[int, int] = {}
+    for chip_counts in counts:
+        for value, n in chip_counts.items():
+            pixel_counts[value] = pixel_counts.get(value, 0) + n
+    pixel_counts.pop(0, None)
+    present = sorted(pixel_counts)
+    if len(classes) < 2 or len(present) < 2:
+        only = present[0] if present else (classes[0].value if classes else "none")
+        raise LandcoverError(f"{paths[0]}: the labels hold a single class ({only}); a pixel classifier needs at "
+                             "least two classes — label another class (e.g. background) and export again")
+    return pixel_counts
+
+
+def _split(pairs: list, counts: list[dict], val_split_pct: float, sampling: str, stratify: bool, seed: int,
+           paths: list[Path]) -> tuple:
+    """``(layout, training pairs, validation pairs)``. Window sampling withholds validation footprints from
+    training: there the validation chips are a compact block that takes little of any class (see .split, and
+    ``layout`` is the chips' grid); else a stratified or a random split (``layout`` None)."""
+    n_valid = max(1, round(len(pairs) * val_split_pct))
+    if len(pairs) - n_valid < 1:
+        raise LandcoverError(f"{paths[0]}: {len(pairs)} chip(s) cannot be split into training and validation "
+                             "sets; export more chips")
+    layout = chip_layout(pairs) if sampling != "chips" and not stratify else None
+    if layout is not None:
+        valid_set = compact_split(layout, [read_label(lab) for _, lab in pairs], n_valid, seed)
+    elif stratify:
+        valid_set = stratified_split([frozenset(v for v in chip if v != 0) for chip in counts], n_valid, seed)
+    else:
+        valid_set = set(np.random.default_rng(seed).permutation(len(pairs))[:n_valid].tolist())
+    valid_pairs = [pair for i, pair in enumerate(pairs) if i in valid_set]
+    train_pairs = [pair for i, pair in enumerate(pairs) if i not in valid_set]
+    return layout, train_pairs, valid_pairs
+
+
+def _transform(transforms: Transform | bool | None) -> Transform | None:
+    """The training augmentation: None → the default (:class:`.Augment`), False → none, or the callable given."""
+    if transforms is None:
+        return Augment()
+    if transforms is False:
+        return None
+    if callable(transforms):
+        return transforms
+    raise LandcoverError(f"transforms={transforms!r}: give None (default augmentation), False or a callable "
+                         "(image, label) -> (image, label)")
 
 
 def _check_dataset_type(dataset_type: str | None) -> None:

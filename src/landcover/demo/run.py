@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,18 +92,6 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .. import (
-        UnetClassifier,
-        class_areas,
-        classify_pixels,
-        evaluate,
-        export_training_data,
-        prepare_data,
-        render_map,
-    )
-
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise LandcoverError(f"{out}: is a file; give {arg('out')} a folder for the demo's outputs")
@@ -112,71 +101,122 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     if quick and full:
         raise LandcoverError(f"give {arg('quick', True)} or {arg('full', True)}, not both")
     cfg = DemoSettings.for_mode("full" if full else "quick" if quick else "default")
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
     report = Report("landcover demo: land-cover classification on a sample scene",
                     intro="The arcgis.learn land-cover workflow, run offline on a generated 1 m, 4-band scene "
                           f"({cfg.mode} run). Every step below is a call of landcover's "
                           "public Python API; the same steps exist as `landcover` commands.")
     t_start = time.perf_counter()
-    bar = DemoProgress(cfg.plan(), log, bar=progress)
+    demo = _Demo(out, cfg, seed, report, DemoProgress(cfg.plan(), log, bar=progress), log)
+    scene = _scene_step(demo)
+    _export_step(demo, scene)
+    package, epochs, fit_seconds = _train_step(demo)
+    classified = _classify_step(demo, scene, package)
+    acc = _evaluate_step(demo, scene, classified)
+    _maps_step(demo, scene, classified)
+    demo.bar.close()
+    seconds = time.perf_counter() - t_start
+    report.summary = {"overall accuracy (unseen area)": f"{acc.overall_accuracy:.3f}",
+                      "mean IoU": f"{acc.mean_iou:.3f}", "kappa": f"{acc.kappa:.3f}",
+                      "training": f"{fit_seconds:.0f} s", "total time": f"{seconds:.0f} s",
+                      "mode": cfg.mode}
+    page = report.write(out / "report.html")
+    (out / "demo.json").write_text(json.dumps({
+        "overall_accuracy": acc.overall_accuracy, "mean_iou": acc.mean_iou, "kappa": acc.kappa,
+        "seconds": seconds, "fit_seconds": fit_seconds, "quick": cfg.mode == "quick", "mode": cfg.mode,
+        "budget_seconds": cfg.budget_s, "backbone": cfg.backbone, "epochs": epochs,
+        "per_class_iou": {row["name"]: row.get("iou") for row in acc.per_class if "name" in row}}, indent=2))
+    return DemoResult(page, classified, package, acc.overall_accuracy, acc.mean_iou, seconds)
 
-    def step(name: str, label: str | None = None) -> float:
-        return bar.step(name, label or name)
 
-    def savefig(fig, name: str) -> Path:
-        path = figures / name
+@dataclass
+class _Demo:
+    """What every step of one demo run shares: where it writes, how hard it works, its report and progress."""
+
+    out: Path
+    cfg: DemoSettings
+    seed: int
+    report: Report
+    bar: DemoProgress
+    log: Callable[[str], None]
+
+    def step(self, name: str, label: str | None = None) -> float:
+        """Start step ``name`` on the progress bar; returns its start time."""
+        return self.bar.step(name, label or name)
+
+    def savefig(self, fig, name: str) -> Path:
+        import matplotlib.pyplot as plt
+
+        path = self.out / "figures" / name
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         return path
 
-    # 1. The scene: imagery in UTM 18N at 1 m, labels in Web Mercator at 2 m.
-    t = step("scene", "generating the sample scene")
-    scene = make_scene(out / "scene", size=cfg.scene_size, seed=seed)
-    preview = write_preview(scene, figures / "scene_preview.png")
-    report.add_step(
+
+def _scene_step(demo: _Demo):
+    """1. The scene: imagery in UTM 18N at 1 m, labels in Web Mercator at 2 m."""
+    t = demo.step("scene", "generating the sample scene")
+    scene = make_scene(demo.out / "scene", size=demo.cfg.scene_size, seed=demo.seed)
+    preview = write_preview(scene, demo.out / "figures" / "scene_preview.png")
+    demo.report.add_step(
         "Sample scene", f"A procedural {scene.size}×{scene.size} m orthophoto (R, G, B, NIR) in {scene.crs} and its "
         f"land-cover labels on another grid ({scene.label_crs}, {scene.label_cell_size} m). The right-most "
         "quarter is held out: export and training never see it.",
         figures=[("scene, false colour, labels", preview)],
         table={c.name: f"{100 * scene.class_fractions.get(c.value, 0):.1f} %" for c in scene.classes},
-        files=[scene.imagery, scene.labels, scene.classes_json], code=f"make_scene({str(out / 'scene')!r})",
+        files=[scene.imagery, scene.labels, scene.classes_json], code=f"make_scene({str(demo.out / 'scene')!r})",
         seconds=time.perf_counter() - t)
+    return scene
 
-    # 2. Export: extent in Web Mercator and cell size 2, as in the seed's sample.
-    t = step("export", "exporting training chips")
-    chips = out / "chips"
+
+def _export_step(demo: _Demo, scene) -> None:
+    """2. Export: extent in Web Mercator and cell size 2, as in the seed's sample."""
+    from .. import export_training_data
+
+    cfg, chips = demo.cfg, demo.out / "chips"
+    t = demo.step("export", "exporting training chips")
     summary = export_training_data(
         scene.imagery, scene.labels, chips, classes=scene.classes_json, tile_size=cfg.tile_size,
         stride=cfg.stride, chip_format="tif", cell_size=2, extent=scene.train_extent_3857,
         extent_crs="EPSG:3857", progress=False)
-    report.add_step(
+    demo.report.add_step(
         "Export training data (Classified Tiles)", str(summary),
         files=[chips / "esri_accumulated_stats.json", chips / "stats.txt", chips / "map.txt"],
         code=f"export_training_data(imagery, labels, 'chips', tile_size={cfg.tile_size}, stride={cfg.stride}, "
              f"cell_size=2, extent={tuple(round(v) for v in scene.train_extent_3857)}, extent_crs='EPSG:3857')",
         seconds=time.perf_counter() - t)
 
-    # 3. Train.
-    t = step("prepare", "preparing data")
-    data = prepare_data(chips, batch_size=cfg.batch_size, seed=seed)
-    batch_fig = savefig(data.show_batch(rows=2), "show_batch.png")
+
+def _train_step(demo: _Demo) -> tuple[Path, int, float]:
+    """3. Train: prepare_data, show_batch, lr_find, fit (sized to the budget), show_results, save. Returns the
+    model package, the epochs trained and the seconds fit took."""
+    from lightning.pytorch import seed_everything
+
+    from .. import UnetClassifier, prepare_data
+
+    cfg = demo.cfg
+    t = demo.step("prepare", "preparing data")
+    data = prepare_data(demo.out / "chips", batch_size=cfg.batch_size, seed=demo.seed)
+    batch_fig = demo.savefig(data.show_batch(rows=2), "show_batch.png")
     # Class-balanced cross-entropy mixed with a per-class (macro) Dice loss: buildings are ~2 % of the scene
     # and plain cross-entropy learned never to predict them in a short run. No ImageNet weights (offline).
+    # The same seed, the same run: the network's first weights, its windows and augmentation (as ``landcover
+    # train --seed``), not only the scene and the split.
+    seed_everything(demo.seed, workers=True, verbose=False)
     model = UnetClassifier(data, backbone=cfg.backbone, pretrained=False, **LOSS)
-    t_lr = step("lr_find", f"lr_find ({cfg.lr_find_steps} steps)")
+    t_lr = demo.step("lr_find", f"lr_find ({cfg.lr_find_steps} steps)")
     lr = model.lr_find(num_steps=cfg.lr_find_steps, allow_plot=False)
-    lr_fig = savefig(model.lr_figure(), "lr_find.png")
+    lr_fig = demo.savefig(model.lr_figure(), "lr_find.png")
     lr_seconds = time.perf_counter() - t_lr
-    epochs = cfg.epochs or _sized_epochs(cfg, data, model, lr_seconds, bar, log)
-    t_fit = step("fit", f"fit({epochs}) with lr=slice({lr / 10:.2e}, {lr:.2e})")
+    epochs = cfg.epochs or _sized_epochs(cfg, data, model, lr_seconds, demo.bar, demo.log)
+    t_fit = demo.step("fit", f"fit({epochs}) with lr=slice({lr / 10:.2e}, {lr:.2e})")
     # No checkpoints: a run that ends in minutes needs no resuming, and each was ~100-300 MB on disk.
-    model.fit(epochs, lr=slice(lr / 10, lr), checkpoint=False, callbacks=[_EpochProgress(bar, epochs)])
+    model.fit(epochs, lr=slice(lr / 10, lr), checkpoint=False, callbacks=[_EpochProgress(demo.bar, epochs)])
     fit_seconds = time.perf_counter() - t_fit
-    loss_fig = savefig(model.plot_losses(), "loss_graph.png")
-    results_fig = savefig(model.show_results(rows=3), "show_results.png")
-    package = model.save(out / "model" / "landcover_unet")
-    report.add_step(
+    loss_fig = demo.savefig(model.plot_losses(), "loss_graph.png")
+    results_fig = demo.savefig(model.show_results(rows=3), "show_results.png")
+    package = model.save(demo.out / "model" / "landcover_unet")
+    demo.report.add_step(
         "Train a U-Net", f"{len(data.train_ds)} training and {len(data.valid_ds)} validation chips; "
         f"{cfg.backbone} encoder; lr_find suggested {lr:.2e} ({lr_seconds:.0f} s); fit {epochs} epochs "
         f"({fit_seconds:.0f} s). Validation: overall accuracy {model.accuracy():.3f}, mean IoU "
@@ -190,27 +230,38 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
              f"{', '.join(f'{k}={v!r}' for k, v in LOSS.items())})\nlr = model.lr_find()\n"
              f"model.fit({epochs}, lr=slice(lr / 10, lr), checkpoint=False)\nmodel.save('landcover_unet')",
         seconds=time.perf_counter() - t)
+    return package, epochs, fit_seconds
 
-    # 4. Classify the unseen quarter at 2 m with padding and test-time augmentation.
-    t = step("classify", "classifying the unseen part of the scene")
-    classified = out / "classified_test_area.tif"
-    classify_pixels(scene.imagery, package, classified, padding=cfg.tile_size // 4, test_time_augmentation=True,
+
+def _classify_step(demo: _Demo, scene, package: Path) -> Path:
+    """4. Classify the unseen quarter at 2 m with padding and test-time augmentation."""
+    from .. import classify_pixels
+
+    pad = demo.cfg.tile_size // 4
+    t = demo.step("classify", "classifying the unseen part of the scene")
+    classified = demo.out / "classified_test_area.tif"
+    classify_pixels(scene.imagery, package, classified, padding=pad, test_time_augmentation=True,
                     extent=scene.test_extent, cell_size=2, overwrite=True, progress=False)
-    report.add_step(
+    demo.report.add_step(
         "Classify pixels (unseen area)", "A cloud-optimized GeoTIFF of class values with colours and names; "
         "tile logits blended with a border-aware window.",
         files=[classified, classified.with_suffix(".qml"), Path(str(classified) + ".aux.xml")],
         code=f"classify_pixels(imagery, 'model/landcover_unet', 'classified_test_area.tif', "
-             f"padding={cfg.tile_size // 4}, test_time_augmentation=True, extent=test_extent, cell_size=2)",
+             f"padding={pad}, test_time_augmentation=True, extent=test_extent, cell_size=2)",
         seconds=time.perf_counter() - t)
+    return classified
 
-    # 5. Evaluate against the reference labels (another CRS and resolution), with an Olofsson sample.
-    t = step("evaluate", "evaluating")
+
+def _evaluate_step(demo: _Demo, scene, classified: Path):
+    """5. Evaluate against the reference labels (another CRS and resolution), with an Olofsson sample."""
+    from .. import evaluate
+
+    out = demo.out
+    t = demo.step("evaluate", "evaluating")
     acc = evaluate(classified, scene.labels, out=out / "accuracy.json")
-    sampled = evaluate(classified, scene.labels, out=out / "accuracy_sampled.json", sample=600, seed=seed)
-    heatmaps = sorted(out.glob("accuracy*.png"))
+    sampled = evaluate(classified, scene.labels, out=out / "accuracy_sampled.json", sample=600, seed=demo.seed)
     est = sampled.sample["estimates"]
-    report.add_step(
+    demo.report.add_step(
         "Accuracy assessment", f"Overall accuracy {acc.overall_accuracy:.3f}, kappa {acc.kappa:.3f}, mean IoU "
         f"{acc.mean_iou:.3f} over {acc.pixels_compared:,} pixels of the unseen area, against the reference labels "
         f"(another CRS and resolution, aligned by nearest neighbour). A stratified sample of 600 pixels gives "
@@ -225,37 +276,29 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
                  "user's": "" if c["users_accuracy"] is None else f"{c['users_accuracy']:.3f}",
                  "producer's": f"{c['producers_accuracy']:.3f}"} for c in est["classes"]],
         },
-        figures=[(p.stem, p) for p in heatmaps], files=[out / "accuracy.json", out / "accuracy_sampled.json"],
+        figures=[(p.stem, p) for p in sorted(out.glob("accuracy*.png"))],
+        files=[out / "accuracy.json", out / "accuracy_sampled.json"],
         code="evaluate('classified_test_area.tif', labels, out='accuracy.json')",
         seconds=time.perf_counter() - t)
+    return acc
 
-    # 6. Maps and areas.
-    t = step("maps", "maps and areas")
-    png = render_map(classified, imagery=scene.imagery, bands=[1, 2, 3], out=out / "map.png",
-                     title="Land cover, unseen area (landcover demo)")
-    html = render_map(classified, imagery=scene.imagery, bands=[1, 2, 3], out=out / "map.html",
-                      title="Land cover, unseen area (landcover demo)")
+
+def _maps_step(demo: _Demo, scene, classified: Path) -> None:
+    """6. Maps (PNG and offline HTML) and class areas."""
+    from .. import class_areas, render_map
+
+    out = demo.out
+    t = demo.step("maps", "maps and areas")
+    title = "Land cover, unseen area (landcover demo)"
+    png = render_map(classified, imagery=scene.imagery, bands=[1, 2, 3], out=out / "map.png", title=title)
+    html = render_map(classified, imagery=scene.imagery, bands=[1, 2, 3], out=out / "map.html", title=title)
     areas = class_areas(classified, out=out / "areas.csv")
-    report.add_step(
+    demo.report.add_step(
         "Map and class areas", "Classes over the imagery (PNG), an offline interactive page (HTML) and the area "
         "of each class.", table=areas.to_dict()["classes"], figures=[("map", png.path)],
         files=[html.path, out / "areas.csv"],
         code="render_map(classified, imagery, bands=[1, 2, 3], out='map.png' | 'map.html'); class_areas(classified)",
         seconds=time.perf_counter() - t)
-
-    bar.close()
-    seconds = time.perf_counter() - t_start
-    report.summary = {"overall accuracy (unseen area)": f"{acc.overall_accuracy:.3f}",
-                      "mean IoU": f"{acc.mean_iou:.3f}", "kappa": f"{acc.kappa:.3f}",
-                      "training": f"{fit_seconds:.0f} s", "total time": f"{seconds:.0f} s",
-                      "mode": cfg.mode}
-    page = report.write(out / "report.html")
-    (out / "demo.json").write_text(json.dumps({
-        "overall_accuracy": acc.overall_accuracy, "mean_iou": acc.mean_iou, "kappa": acc.kappa,
-        "seconds": seconds, "fit_seconds": fit_seconds, "quick": cfg.mode == "quick", "mode": cfg.mode,
-        "budget_seconds": cfg.budget_s, "backbone": cfg.backbone, "epochs": epochs,
-        "per_class_iou": {row["name"]: row.get("iou") for row in acc.per_class if "name" in row}}, indent=2))
-    return DemoResult(page, classified, package, acc.overall_accuracy, acc.mean_iou, seconds)
 
 
 #: the demo's loss: class-balanced cross-entropy with a third of per-class Dice

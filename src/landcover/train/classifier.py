@@ -369,28 +369,13 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         ``limit_train_batches``) go to ``lightning.pytorch.Trainer``.
         """
         import lightning.pytorch as L
-        from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from .callbacks import History, ProgressTable
+        from .callbacks import History
         from .module import SegmentationModule
 
         data = self._need_data("fit")
-        if epochs is None:
-            epochs = auto_epochs(data)
-        patience = _patience(early_stopping)
-        tensorboard = _check_flag("tensorboard", tensorboard)
-        if monitor not in MONITORS:
-            raise LandcoverError(f"{arg('monitor', monitor)}: choose one of {', '.join(MONITORS)}")
-        if int(epochs) < 1:
-            raise LandcoverError(f"{arg('epochs', epochs)}: train for at least one epoch")
-        resumed = self._check_resume(resume) if resume is not None else None
-        if resumed is not None and int(epochs) <= resumed["epochs_done"]:
-            done = resumed["epochs_done"]
-            raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
-                                 f"{arg('epochs', done + 1)} or more to train on")
-        if checkpoint and resume is None:
-            _check_working_dir(Path(data.working_dir) / "models" / "checkpoints", data.working_dir, "checkpoints")
-        logger = self._tensorboard_logger(data) if tensorboard else False
+        epochs, patience, resumed = self._check_fit(data, epochs, early_stopping, monitor, resume, checkpoint)
+        logger = self._tensorboard_logger(data) if _check_flag("tensorboard", tensorboard) else False
         precision = resolve_precision(precision, accelerator)
         device = self._device(accelerator)
         if device.type == "cpu":  # torch threads + DataLoader worker processes within the cores (landcover.threads)
@@ -410,36 +395,12 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
                                     self._ignore_indices, resume=resumed, mixup=self.mixup,
                                     extract_bands=self.extract_bands)
         history = History(self._steps)
-        callbacks: list = [ProgressTable(), history, *trainer_kwargs.pop("callbacks", [])]
-        if logger:
-            from lightning.pytorch.callbacks import LearningRateMonitor
-
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        mode = MONITORS[monitor]
-        best = None
-        # With early stopping (the recipe), the high-rate first half of a one-cycle run is neither judged nor kept.
-        start = judged_from(int(epochs), one_cycle) if patience else 0
-        if patience:
-            callbacks.append(AnnealedEarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=patience, mode=mode,
-                                                   start_epoch=start))
-            if not checkpoint:
-                best = BestWeights(monitor, mode, start)
-                callbacks.append(best)
-        ckpt = None
-        if checkpoint:
-            # A resumed run keeps writing beside the checkpoint it resumed from.
-            ckpt_dir = Path(resume).resolve().parent if resume else _new_checkpoint_dir(data.working_dir)
-            ckpt = AnnealedCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
-                                      save_top_k=1, start_epoch=start)
-            # The latest epoch, to resume an interrupted run (Lightning's save_last only follows saves of the
-            # best checkpoint, so an epoch that does not improve would not be kept).
-            latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
-                                     enable_version_counter=False)
-            callbacks += [ckpt, latest]
+        callbacks, best, ckpt = _fit_callbacks(data, epochs, one_cycle, patience, monitor, checkpoint, resume,
+                                               bool(logger), [history, *trainer_kwargs.pop("callbacks", [])])
         with _quiet_lightning():
             trainer = L.Trainer(
                 accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                precision=precision, max_epochs=int(epochs), callbacks=callbacks, logger=logger,
+                precision=precision, max_epochs=epochs, callbacks=callbacks, logger=logger,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 enable_checkpointing=checkpoint, default_root_dir=str(data.working_dir), **trainer_kwargs)
             # Checkpoints are untrusted input: tensors and plain values only (checked in _check_resume too).
@@ -448,6 +409,40 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
         # Back to the default layout: packages, show_results and inference see the same model as a loaded one.
         self.net.cpu().to(memory_format=torch.contiguous_format)
         self.is_main_process = trainer.is_global_zero
+        self._keep_best(trainer, ckpt, best, monitor)
+        self.history_train += history.train
+        self.history_valid += history.valid
+        self._steps += trainer.global_step
+        self._lr_text, self._precision = lr_text, precision
+        self._metrics = None
+        if logger:
+            logger.finalize("success")  # flush the event file now, not when the process ends
+            self.tensorboard_dir = Path(logger.log_dir)
+        return self
+
+    def _check_fit(self, data: ClassifiedTilesData, epochs: int | None, early_stopping: bool | int, monitor: str,
+                   resume: str | os.PathLike | None, checkpoint: bool) -> tuple[int, int, dict | None]:
+        """fit's arguments checked: the epochs (sized from the data when None), the early-stopping patience (0:
+        none) and what resuming needs from the checkpoint (None: a new run)."""
+        if epochs is None:
+            epochs = auto_epochs(data)
+        patience = _patience(early_stopping)
+        if monitor not in MONITORS:
+            raise LandcoverError(f"{arg('monitor', monitor)}: choose one of {', '.join(MONITORS)}")
+        if int(epochs) < 1:
+            raise LandcoverError(f"{arg('epochs', epochs)}: train for at least one epoch")
+        resumed = self._check_resume(resume) if resume is not None else None
+        if resumed is not None and int(epochs) <= resumed["epochs_done"]:
+            done = resumed["epochs_done"]
+            raise LandcoverError(f"{resume}: the checkpoint has already trained {done} epoch(s); give "
+                                 f"{arg('epochs', done + 1)} or more to train on")
+        if checkpoint and resume is None:
+            _check_working_dir(Path(data.working_dir) / "models" / "checkpoints", data.working_dir, "checkpoints")
+        return int(epochs), patience, resumed
+
+    def _keep_best(self, trainer, ckpt, best: BestWeights | None, monitor: str) -> None:
+        """Restore the best epoch's weights (from its checkpoint, or from memory without checkpoints) and record
+        the monitored value they reached; without either, the last epoch's weights and value stay."""
         if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
             # Our own file, but read as untrusted anyway: tensors only.
             state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -463,15 +458,6 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             self._monitored = (monitor, float(best.best))
         elif monitor in trainer.callback_metrics:
             self._monitored = (monitor, float(trainer.callback_metrics[monitor]))
-        self.history_train += history.train
-        self.history_valid += history.valid
-        self._steps += trainer.global_step
-        self._lr_text, self._precision = lr_text, precision
-        self._metrics = None
-        if logger:
-            logger.finalize("success")  # flush the event file now, not when the process ends
-            self.tensorboard_dir = Path(logger.log_dir)
-        return self
 
     def _tensorboard_logger(self, data: ClassifiedTilesData):
         """Lightning's TensorBoardLogger writing to ``<data.path>/training_log/<date>_<time>``."""
@@ -519,6 +505,42 @@ def _patience(early_stopping: bool | int) -> int:
         raise LandcoverError(f"{arg('early_stopping', early_stopping)}: give True, False or the epochs to wait "
                              "for an improvement (a whole number; 0 = no early stopping)")
     return int(early_stopping)
+
+
+def _fit_callbacks(data: ClassifiedTilesData, epochs: int, one_cycle: bool, patience: int, monitor: str,
+                   checkpoint: bool, resume, log_rates: bool, extra: list) -> tuple[list, BestWeights | None,
+                                                                                   AnnealedCheckpoint | None]:
+    """fit's Lightning callbacks: the epoch table, ``extra``, the learning-rate log, early stopping and the
+    checkpoints (or the in-memory best weights without them). Returns them with the two whose best weights fit
+    restores at the end."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from .callbacks import ProgressTable
+
+    callbacks: list = [ProgressTable(), *extra]
+    if log_rates:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    mode = MONITORS[monitor]
+    best = ckpt = None
+    # With early stopping (the recipe), the high-rate first half of a one-cycle run is neither judged nor kept.
+    start = judged_from(epochs, one_cycle) if patience else 0
+    if patience:
+        callbacks.append(AnnealedEarlyStopping(monitor=monitor, min_delta=MIN_DELTA, patience=patience, mode=mode,
+                                               start_epoch=start))
+        if not checkpoint:
+            best = BestWeights(monitor, mode, start)
+            callbacks.append(best)
+    if checkpoint:
+        # A resumed run keeps writing beside the checkpoint it resumed from.
+        ckpt_dir = Path(resume).resolve().parent if resume else _new_checkpoint_dir(data.working_dir)
+        ckpt = AnnealedCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                                  save_top_k=1, start_epoch=start)
+        # The latest epoch, to resume an interrupted run (Lightning's save_last only follows saves of the
+        # best checkpoint, so an epoch that does not improve would not be kept).
+        latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
+                                 enable_version_counter=False)
+        callbacks += [ckpt, latest]
+    return callbacks, best, ckpt
 
 
 def _lr_text(rates: list[float]) -> str:
