@@ -65,7 +65,8 @@ def test_sized_epochs_use_the_lr_finders_steps(monkeypatch):
 
     bar = Bar()
     epochs = _sized_epochs(cfg, Data, Model, lr_seconds=15.0, bar=bar, log=None)
-    expected = plan_epochs(cfg.budget_s - 50.0, 0.5, 10, 2, 4.0 * 1024 ** 2 / 4, 16 * 128 ** 2)
+    b = cfg.batch_size
+    expected = plan_epochs(cfg.budget_s - 50.0, 0.5, 160 // b, -(-20 // b), 4.0 * 1024 ** 2 / 4, b * 128 ** 2)
     assert epochs == expected.epochs and bar.plan["fit"] == pytest.approx(epochs * expected.epoch_s)
     assert sum(bar.plan[n] for n in ("classify", "evaluate", "maps")) == pytest.approx(expected.after_s)
     assert logged and f"{epochs} epochs" in logged[0] and "budget 4 min 30 s" in logged[0]
