@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -445,12 +446,17 @@ def test_other_backends_classify_alike(model_dir, raster, tmp_path, backend):
 
 # --- Dask ------------------------------------------------------------------------------------------------------
 
-def test_local_dask_cluster_gives_the_same_raster(model_dir, raster, tmp_path):
+def test_local_dask_cluster_gives_the_same_raster(model_dir, raster, tmp_path, monkeypatch):
     path, _ = raster
     kw = dict(padding=8, block_size=100, progress=False)
     ref = read(classify_pixels(path, model_dir, tmp_path / "local.tif", **kw))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     out = classify_pixels(path, model_dir, tmp_path / "dask.tif", workers=2, **kw)
     assert np.array_equal(read(out), ref)
+    # Dask's nanny sets these to 1 in this process's environment for its workers; the run puts them back, so
+    # later subprocesses (a notebook kernel, landcover train) are not left single-threaded
+    assert os.environ["OMP_NUM_THREADS"] == "2" and "MKL_NUM_THREADS" not in os.environ
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

@@ -97,7 +97,9 @@ class Runner:
             import dask
             from distributed import LocalCluster
 
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            from ..classify.cluster import environment_kept
+
+            with environment_kept(), dask.config.set({"distributed.worker.profile.enabled": False}):
                 self._cluster = LocalCluster(n_workers=int(self.workers), threads_per_worker=1, processes=True,
                                              host="127.0.0.1", dashboard_address=None,
                                              silence_logs=logging.ERROR)
