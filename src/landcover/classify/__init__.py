@@ -183,7 +183,8 @@ class _Run:
     split: ThreadPlan | None
     source: Imagery
     grid: Grid
-    window: Window | None
+    #: (row, col, height, width) of the whole raster's grid when the output grid is a window of it
+    window: tuple[int, int, int, int] | None
     plan: TilePlan
     tile: int
     pad: int
