@@ -41,35 +41,41 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         return
     # Workers sample their own stacks for the dashboard every 10 ms by default; that took ~6 % of the model's
     # time here, and a local run has no dashboard to show it on.
-    with environment_kept(), dask.config.set({"distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-    try:
-        with Client(cluster) as client:
-            yield client
-    finally:
-        with environment_kept():  # a worker the nanny restarted wrote them again
+    with environment_kept() as put_back:
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        put_back()  # now, not only at the end: the run's own threads and subprocesses keep the environment
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
             cluster.close()
 
 
 @contextlib.contextmanager
-def environment_kept() -> Iterator[None]:
-    """Put back what starting Dask workers writes into this process's environment. A Nanny sets
-    ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ...) in ``os.environ``
-    before it spawns a worker and never restores it: every later subprocess of this process then ran
-    single-threaded (a notebook kernel took 101 s instead of 55 after a ``workers=2`` run in the same process)."""
+def environment_kept() -> Iterator[Callable[[], None]]:
+    """Put back what starting Dask workers writes into this process's environment, on leaving the block and
+    whenever the function it yields is called. A Nanny sets ``distributed.nanny.pre-spawn-environ``
+    (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ...) in ``os.environ`` before it spawns (or restarts) a
+    worker and never restores it: every later subprocess of this process then ran single-threaded (a notebook
+    kernel took 101 s instead of 55 after a ``workers=2`` run in the same process)."""
     import dask
 
     keys = {*dask.config.get("distributed.nanny.pre-spawn-environ", {}), "PYTHONHASHSEED"}
     saved = {key: os.environ.get(key) for key in keys}
-    try:
-        yield
-    finally:
+
+    def put_back() -> None:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+    try:
+        yield put_back
+    finally:
+        put_back()
 
 
 def run_blocks(client, job: Job, blocks: list[tuple[int, int]], on_done: Callable[[dict], None]) -> None:
