@@ -64,7 +64,7 @@ def test_sized_epochs_use_the_lr_finders_steps(monkeypatch):
         lr_finder = {"rates": [0.0] * 30}
 
     bar = Bar()
-    epochs = _sized_epochs(cfg, Data, Model, lr_seconds=15.0, bar=bar, log=None)
+    epochs = _sized_epochs(cfg, Data, Model, lr_seconds=15.0, bar=bar)
     b = cfg.batch_size
     expected = plan_epochs(cfg.budget_s - 50.0, 0.5, 160 // b, -(-20 // b), 4.0 * 1024 ** 2 / 4, b * 128 ** 2)
     assert epochs == expected.epochs and bar.plan["fit"] == pytest.approx(epochs * expected.epoch_s)
@@ -73,7 +73,7 @@ def test_sized_epochs_use_the_lr_finders_steps(monkeypatch):
     assert epochs >= cfg.min_epochs
     # a machine 20 times slower still trains the fewest epochs that learn every class, and says it runs over
     logged.clear()
-    assert _sized_epochs(cfg, Data, Model, lr_seconds=300.0, bar=bar, log=None) == cfg.min_epochs
+    assert _sized_epochs(cfg, Data, Model, lr_seconds=300.0, bar=bar) == cfg.min_epochs
     assert "takes longer than its budget" in logged[0]
 
 

@@ -25,8 +25,7 @@ CONNECT_TIMEOUT = 5
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
     """A ``distributed.Client`` on ``scheduler``, or on a loopback LocalCluster of ``workers`` processes."""
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler:
         try:
@@ -39,13 +38,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         with client:
             yield client
         return
-    # Workers sample their own stacks for the dashboard every 10 ms by default; that took ~6 % of the model's
-    # time here, and a local run has no dashboard to show it on.
-    with environment_kept() as put_back:
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-        put_back()  # now, not only at the end: the run's own threads and subprocesses keep the environment
+    with environment_kept():  # again at the end: a worker the nanny restarted wrote it again
+        cluster = local_cluster(workers)
         try:
             with Client(cluster) as client:
                 yield client
@@ -53,29 +47,38 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             cluster.close()
 
 
+def local_cluster(workers: int):
+    """A loopback ``LocalCluster`` of ``workers`` single-threaded processes, without the workers' profiler, that
+    leaves this process's environment as it found it (:func:`environment_kept`)."""
+    import dask
+    from distributed import LocalCluster
+
+    # Workers sample their own stacks for the dashboard every 10 ms by default; that took ~6 % of the model's
+    # time here, and a local run has no dashboard to show it on.
+    with environment_kept(), dask.config.set({"distributed.worker.profile.enabled": False}):
+        return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address=None, silence_logs=logging.ERROR)
+
+
 @contextlib.contextmanager
-def environment_kept() -> Iterator[Callable[[], None]]:
-    """Put back what starting Dask workers writes into this process's environment, on leaving the block and
-    whenever the function it yields is called. A Nanny sets ``distributed.nanny.pre-spawn-environ``
-    (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ...) in ``os.environ`` before it spawns (or restarts) a
-    worker and never restores it: every later subprocess of this process then ran single-threaded (a notebook
-    kernel took 101 s instead of 55 after a ``workers=2`` run in the same process)."""
+def environment_kept() -> Iterator[None]:
+    """Put back, on leaving the block, what starting Dask workers writes into this process's environment. A
+    Nanny sets ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ...) in
+    ``os.environ`` before it spawns (or restarts) a worker and never restores it: every later subprocess of this
+    process then ran single-threaded (a notebook kernel took 101 s instead of 55 after a ``workers=2`` run in the
+    same process)."""
     import dask
 
     keys = {*dask.config.get("distributed.nanny.pre-spawn-environ", {}), "PYTHONHASHSEED"}
     saved = {key: os.environ.get(key) for key in keys}
-
-    def put_back() -> None:
+    try:
+        yield
+    finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-    try:
-        yield put_back
-    finally:
-        put_back()
 
 
 def run_blocks(client, job: Job, blocks: list[tuple[int, int]], on_done: Callable[[dict], None]) -> None:

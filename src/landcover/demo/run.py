@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
                           f"({cfg.mode} run). Every step below is a call of landcover's "
                           "public Python API; the same steps exist as `landcover` commands.")
     t_start = time.perf_counter()
-    demo = _Demo(out, cfg, seed, report, DemoProgress(cfg.plan(), log, bar=progress), log)
+    demo = _Demo(out, cfg, seed, report, DemoProgress(cfg.plan(), log, bar=progress))
     scene = _scene_step(demo)
     _export_step(demo, scene)
     package, epochs, fit_seconds = _train_step(demo)
@@ -144,7 +143,6 @@ class _Demo:
     seed: int
     report: Report
     bar: DemoProgress
-    log: Callable[[str], None]
 
     def step(self, name: str, label: str | None = None) -> float:
         """Start step ``name`` on the progress bar; returns its start time."""
@@ -214,7 +212,7 @@ def _train_step(demo: _Demo) -> tuple[Path, int, float]:
     lr = model.lr_find(num_steps=cfg.lr_find_steps, allow_plot=False)
     lr_fig = demo.savefig(model.lr_figure(), "lr_find.png")
     lr_seconds = time.perf_counter() - t_lr
-    epochs = cfg.epochs or _sized_epochs(cfg, data, model, lr_seconds, demo.bar, demo.log)
+    epochs = cfg.epochs or _sized_epochs(cfg, data, model, lr_seconds, demo.bar)
     t_fit = demo.step("fit", f"fit({epochs}) with lr={lr:.2e}")
     # One rate for every layer, as fit(lr=None) trains a network without pretrained weights: a tenth of it for
     # the first encoder stage (arcgis.learn's slice, which protects ImageNet features) only slows an encoder that
@@ -314,7 +312,7 @@ def _maps_step(demo: _Demo, scene, classified: Path) -> None:
 LOSS = {"class_balancing": True, "dice_loss_fraction": 0.3, "dice_loss_average": "macro"}
 
 
-def _sized_epochs(cfg: DemoSettings, data, model, lr_seconds: float, bar: DemoProgress, log) -> int:
+def _sized_epochs(cfg: DemoSettings, data, model, lr_seconds: float, bar: DemoProgress) -> int:
     """Epochs that fit the rest of the budget, from the learning-rate finder's measured seconds per step."""
     steps = max(1, len(model.lr_finder["rates"]))
     batch_px = cfg.batch_size * cfg.tile_size ** 2

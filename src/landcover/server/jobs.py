@@ -94,15 +94,9 @@ class Runner:
     def start(self) -> None:
         """Recover jobs a stopped service left running, start the owned Dask cluster, start the runner."""
         if self.workers:
-            import dask
-            from distributed import LocalCluster
+            from ..classify.cluster import local_cluster
 
-            from ..classify.cluster import environment_kept
-
-            with environment_kept(), dask.config.set({"distributed.worker.profile.enabled": False}):
-                self._cluster = LocalCluster(n_workers=int(self.workers), threads_per_worker=1, processes=True,
-                                             host="127.0.0.1", dashboard_address=None,
-                                             silence_logs=logging.ERROR)
+            self._cluster = local_cluster(self.workers)
             self.scheduler = self._cluster.scheduler_address
         for row in self.store.jobs(states=(RUNNING,), limit=100000):
             # killed or stopped mid-job: queued again, first in line, to resume from its finished blocks
