@@ -10,8 +10,9 @@ asphalt flat across the bands), per-field and per-roof variation, crop rows and 
 sun's side, shallow water at the banks, shadows cast to the north-north-west by buildings and trees, haze, the
 sensor's point-spread (which mixes class edges) and noise.
 
-Everything is vectorised numpy (FFT noise and filters, shifted masks) plus ``rasterio.features.rasterize`` for the
-vector objects; all randomness comes from one seeded generator, so a seed always gives the same scene.
+Everything is vectorised numpy (FFT noise and filters, shifted masks: see :mod:`landcover.demo.filters`) plus
+``rasterio.features.rasterize`` for the vector objects; all randomness comes from one seeded generator, so a seed
+always gives the same scene.
 Coordinates are pixels (x = column, y = row, 1 px = 1 m, rows run south).
 """
 
@@ -26,6 +27,8 @@ from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import unary_union
 from shapely.prepared import prep
+
+from .filters import _fractal_noise, _freqs, _gauss, _psf, _shift
 
 # Materials: finer than classes, because each has its own spectrum and texture.
 CROP, PASTURE, LAWN, FOREST, BARE, CONSTRUCTION, TRACK, RIVER, LAKE, POND, ROAD, MARKING, ROOF = range(13)
@@ -75,65 +78,7 @@ def render_landscape(size: int, seed: int, test_column: int | None = None) -> tu
     return land.render(), land.mat
 
 
-# --- noise and filters -----------------------------------------------------------------------------------
-
-def _freqs(n: int) -> np.ndarray:
-    """Squared radial frequency (cycles per pixel) on the rfft2 grid of an n x n array."""
-    fy = np.fft.fftfreq(n).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(n).astype(np.float32)[None, :]
-    return fx * fx + fy * fy
-
-
-def _fractal_noise(rng: np.random.Generator, n: int, beta: float, lowres: int | None = None) -> np.ndarray:
-    """Zero-mean, unit-variance 1/f^beta noise: beta ~2 for texture, 3-4 for smooth terrain-like fields.
-
-    Smooth fields are drawn at ``lowres`` and upsampled: they have no fine detail to lose.
-    """
-    m = min(lowres or n, n)
-    f2 = _freqs(m)
-    f2[0, 0] = 1.0
-    spec = np.fft.rfft2(rng.standard_normal((m, m), dtype=np.float32)) * f2 ** (-beta / 4)
-    spec[0, 0] = 0
-    out = np.fft.irfft2(spec, s=(m, m))
-    out = (out - out.mean()) / (out.std() + 1e-9)
-    return (out if m == n else _resize(out, n)).astype(np.float32)
-
-
-def _resize(a: np.ndarray, n: int) -> np.ndarray:
-    """Bilinear upsampling of a square array to n x n."""
-    m = a.shape[0]
-    pos = (np.arange(n, dtype=np.float32) + 0.5) * (m / n) - 0.5
-    i0 = np.floor(pos).astype(int)
-    w = (pos - i0).astype(np.float32)
-    i0, i1 = np.clip(i0, 0, m - 1), np.clip(i0 + 1, 0, m - 1)
-    rows = a[i0] * (1 - w)[:, None] + a[i1] * w[:, None]
-    return rows[:, i0] * (1 - w)[None, :] + rows[:, i1] * w[None, :]
-
-
-def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur through the FFT (wraps around the edges, harmless for the soft masks it is used on)."""
-    g = np.exp(-2 * math.pi**2 * sigma**2 * _freqs(a.shape[0]))
-    return np.fft.irfft2(np.fft.rfft2(a.astype(np.float32)) * g, s=a.shape)
-
-
-def _shift(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
-    """``mask`` moved by dr rows and dc columns, filled with False."""
-    out = np.zeros_like(mask)
-    n, m = mask.shape
-    out[max(dr, 0):n + min(dr, 0), max(dc, 0):m + min(dc, 0)] = mask[max(-dr, 0):n - max(dr, 0),
-                                                                     max(-dc, 0):m - max(dc, 0)]
-    return out
-
-
-def _psf(img: np.ndarray) -> np.ndarray:
-    """The sensor's point-spread: a [1, 2, 1] / 4 kernel along rows and columns (it also mixes class edges)."""
-    for axis in (0, 1):
-        a = np.swapaxes(img, 0, axis)
-        b = a.copy()
-        b[1:-1] = 0.5 * a[1:-1] + 0.25 * (a[:-2] + a[2:])
-        img = np.swapaxes(b, 0, axis)
-    return img
-
+# --- geometry helpers ------------------------------------------------------------------------------------
 
 def _rect(center, w: float, d: float, angle: float) -> Polygon:
     """A w x d rectangle around ``center``, rotated by ``angle`` radians."""

@@ -151,16 +151,8 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
     Reference classes the prediction never contains are reported in ``missing_from_prediction`` (and as a
     warning), not an error. Warnings are :class:`AccuracyWarning` and are also listed in the report.
     """
-    if sample is not None:
-        if strategy not in STRATEGIES:
-            raise LandcoverError(f"{arg('strategy', strategy)}: use one of {', '.join(STRATEGIES)}")
-        if int(sample) < 1:
-            raise LandcoverError(f"{arg('sample', sample)}: the sample size must be at least 1")
+    ignored = _checked_arguments(sample, strategy, ignore_values)
     pred_path, ref_path = str(prediction), str(reference)
-    try:
-        ignored = sorted({int(v) for v in ignore_values or []})
-    except (TypeError, ValueError):
-        raise LandcoverError(f"{arg('ignore_values', ignore_values)}: give whole numbers") from None
     if out is not None:
         out = check_output(out, (".json",), "report", [prediction, reference])
         check_output(heatmap_path(out), (".png",), "confusion heatmap", [prediction, reference])
@@ -178,31 +170,76 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         finally:
             ref.close()
     values, matrix = counter.matrix()
-    if counter.total == 0:
-        if unmapped:
-            raise LandcoverError(f"{pred_path}: the prediction has no class ({_map_no_data(nodata)}) "
-                                 f"at any of the {unmapped:,} labelled pixels of {ref_path}; check the prediction's "
-                                 "nodata and that it covers the reference")
-        raise LandcoverError(f"{pred_path} and {ref_path}: no pixel has a class in both after excluding no data; "
-                             "check the nodata values and that the rasters cover the same area")
+    _check_compared(counter.total, unmapped, nodata, pred_path, ref_path)
     _check_shared_values(values, matrix, pred_path, ref_path, ref.class_field)
     classes = _class_list(values, pred_classes, ref.classes)
     m = confusion_metrics(matrix)
-    per_class = [
+    missing_pred = [v for i, v in enumerate(values) if m["reference_totals"][i] > 0 and m["map_totals"][i] == 0]
+    missing_ref = [v for i, v in enumerate(values) if m["map_totals"][i] > 0 and m["reference_totals"][i] == 0]
+    notes = _report_notes(unmapped, counter.total + unmapped, nodata, pred_classes, ref.classes, missing_pred)
+    report = AccuracyReport(
+        prediction=pred_path, reference=ref_path, reference_kind=ref.kind, class_field=ref.class_field,
+        classes=classes, matrix=matrix, overall_accuracy=m["overall_accuracy"], kappa=m["kappa"],
+        mean_iou=m["mean_iou"], per_class=_per_class(classes, m), pixels_compared=counter.total,
+        prediction_pixels_without_reference=unassessed, reference_pixels_without_prediction=unmapped,
+        missing_from_prediction=missing_pred,
+        missing_from_reference=missing_ref, ignored_reference_values=ignored, warnings=notes,
+    )
+    if sample is not None:
+        # _sample_section appends its notes to the same list, so they reach report.warnings too.
+        report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata,
+                                        areas, grid, notes)
+    for note in notes:
+        warnings.warn(note, AccuracyWarning, stacklevel=2)
+    if out is not None:
+        report.save(out)
+    return report
+
+
+def _checked_arguments(sample: int | None, strategy: str, ignore_values: list[int] | None) -> list[int]:
+    """Refuse an unknown strategy or a sample below 1 (when sampling); the ignored values, sorted and unique."""
+    if sample is not None:
+        if strategy not in STRATEGIES:
+            raise LandcoverError(f"{arg('strategy', strategy)}: use one of {', '.join(STRATEGIES)}")
+        if int(sample) < 1:
+            raise LandcoverError(f"{arg('sample', sample)}: the sample size must be at least 1")
+    try:
+        return sorted({int(v) for v in ignore_values or []})
+    except (TypeError, ValueError):
+        raise LandcoverError(f"{arg('ignore_values', ignore_values)}: give whole numbers") from None
+
+
+def _check_compared(compared: int, unmapped: int, nodata, pred_path: str, ref_path: str) -> None:
+    """Refuse a comparison without a single pixel that has a class on both sides, saying which side lacks it."""
+    if compared:
+        return
+    if unmapped:
+        raise LandcoverError(f"{pred_path}: the prediction has no class ({_map_no_data(nodata)}) "
+                             f"at any of the {unmapped:,} labelled pixels of {ref_path}; check the prediction's "
+                             "nodata and that it covers the reference")
+    raise LandcoverError(f"{pred_path} and {ref_path}: no pixel has a class in both after excluding no data; "
+                         "check the nodata values and that the rasters cover the same area")
+
+
+def _per_class(classes: list[ClassInfo], m: dict) -> list[dict]:
+    """The report's per-class rows: pixel totals and the per-class metrics of :func:`confusion_metrics`."""
+    return [
         {"value": c.value, "name": c.name, "map_pixels": int(m["map_totals"][i]),
          "reference_pixels": int(m["reference_totals"][i]), "correct": int(m["correct"][i]),
          **{k: float(m[k][i]) for k in ("users_accuracy", "producers_accuracy", "precision", "recall", "f1", "iou")}}
         for i, c in enumerate(classes)
     ]
-    missing_pred = [v for i, v in enumerate(values) if m["reference_totals"][i] > 0 and m["map_totals"][i] == 0]
-    missing_ref = [v for i, v in enumerate(values) if m["map_totals"][i] > 0 and m["reference_totals"][i] == 0]
+
+
+def _report_notes(unmapped: int, labelled: int, nodata, pred_classes: list[ClassInfo], ref_classes: list[ClassInfo],
+                  missing_pred: list[int]) -> list[str]:
+    """Warnings about the comparison: many unmapped reference pixels, renamed classes, classes the map lacks."""
     notes = []
-    labelled = counter.total + unmapped
     if unmapped > UNMAPPED_WARN_SHARE * labelled:
         notes.append(f"{unmapped:,} of {labelled:,} labelled reference pixels ({100 * unmapped / labelled:.1f} %) "
                      f"have no class in the prediction ({_map_no_data(nodata)}) and are left out of the "
                      "confusion matrix and the accuracy; see reference_pixels_without_prediction")
-    renamed = _renamed_classes(pred_classes, ref.classes)
+    renamed = _renamed_classes(pred_classes, ref_classes)
     if renamed:
         notes.append(f"map and reference name some class values differently ({renamed}); classes are compared by "
                      "value, so check that both use the same codes")
@@ -212,22 +249,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         hint = f"; if {_listed(negative)} means not labelled, give {arg('ignore_values', negative)}" if negative else ""
         notes.append(f"reference classes missing from the prediction: {', '.join(map(str, missing_pred))} "
                      f"(their producer's accuracy and IoU are 0{hint})")
-    report = AccuracyReport(
-        prediction=pred_path, reference=ref_path, reference_kind=ref.kind, class_field=ref.class_field,
-        classes=classes, matrix=matrix, overall_accuracy=m["overall_accuracy"], kappa=m["kappa"],
-        mean_iou=m["mean_iou"], per_class=per_class, pixels_compared=counter.total,
-        prediction_pixels_without_reference=unassessed, reference_pixels_without_prediction=unmapped,
-        missing_from_prediction=missing_pred,
-        missing_from_reference=missing_ref, ignored_reference_values=ignored, warnings=notes,
-    )
-    if sample is not None:
-        report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata,
-                                        areas, grid, notes)
-    for note in notes:
-        warnings.warn(note, AccuracyWarning, stacklevel=2)
-    if out is not None:
-        report.save(out)
-    return report
+    return notes
 
 
 def _check_shared_values(values, matrix, pred_path: str, ref_path: str, class_field: str | None) -> None:
@@ -313,25 +335,61 @@ def _thin_hint(strategy: str, strata: int, pixels: list[int]) -> str:
 
 def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, classes, matrix, strata: ClassTally,
                     areas: PixelAreas | None, grid: Grid, notes: list[str]) -> dict:
+    """The report's ``sample`` section: draw the units, estimate with Olofsson et al.; appends its warnings."""
     # Units are drawn among the pixels the reference labels; the strata are the map classes over the whole map.
     labelled = {v: int(n) for v, n in zip(values, matrix.sum(axis=1), strict=True) if n > 0}
     mapped = strata.pixels
     allocation = allocate(strategy, size, labelled, {v: mapped.get(v, 0) for v in labelled})
     units = sampler.draw(allocation)
+    counts = _sample_counts(values, units)
+    pixels, sizes, unit = _strata_sizes(values, mapped, strata, areas)
+    est = olofsson_estimates(counts, sizes)
+    n_i = counts.sum(axis=1)
+    notes.extend(_sample_notes(strategy, values, sizes, n_i, labelled, mapped))
+    rows, cols = np.divmod(units["pixel"], grid.width)
+    return {
+        "size": size, "strategy": strategy, "seed": seed,
+        "min_per_stratum": min(MIN_PER_STRATUM, size // max(1, len(labelled))) if strategy == "stratified"
+        else None,
+        "frame": "units drawn among pixels with a class in both the prediction and the reference; strata are the "
+                 "map classes over the whole prediction",
+        "labelled_pixels": np.array([labelled.get(v, 0) for v in values]),
+        "area_unit": unit,
+        "strata_pixels": pixels,
+        "strata_area": sizes,
+        "counts": counts,
+        "counts_convention": "rows = map class (stratum), columns = reference class",
+        "estimates": _sample_estimates(classes, n_i, est),
+        "units": [[int(r), int(c), int(m), int(t)] for r, c, m, t in zip(rows, cols, units["map"], units["ref"],
+                                                                         strict=True)],
+        "units_columns": ["row", "col", "map", "reference"],
+    }
+
+
+def _sample_counts(values: list[int], units: np.ndarray) -> np.ndarray:
+    """The sample's error matrix: ``units`` (structured array) per (map class, reference class) in ``values`` order."""
     index = {v: i for i, v in enumerate(values)}
     k = len(values)
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, ([index[int(v)] for v in units["map"]], [index[int(v)] for v in units["ref"]]), 1)
-    # Stratum sizes in hectares when the CRS gives areas (geodesic sums for geographic and Mercator CRSs), else
-    # in pixels.
+    return counts
+
+
+def _strata_sizes(values: list[int], mapped: dict[int, int], strata: ClassTally,
+                  areas: PixelAreas | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(pixels, sizes, unit) of each map class: sizes in hectares when the CRS gives areas, else in pixels."""
+    # Hectares come from geodesic sums for geographic and Mercator CRSs.
     pixels = np.array([mapped.get(v, 0) for v in values], dtype=float)
     if areas is None:
-        sizes, unit = pixels, "pixels"
-    else:
-        area = strata.area()
-        sizes, unit = np.array([area.get(v, 0.0) * areas.to_m2 / 1e4 for v in values]), "ha"
-    est = olofsson_estimates(counts, sizes)
-    n_i = counts.sum(axis=1)
+        return pixels, pixels, "pixels"
+    area = strata.area()
+    return pixels, np.array([area.get(v, 0.0) * areas.to_m2 / 1e4 for v in values]), "ha"
+
+
+def _sample_notes(strategy: str, values: list[int], sizes: np.ndarray, n_i: np.ndarray, labelled: dict[int, int],
+                  mapped: dict[int, int]) -> list[str]:
+    """Warnings about the sample: thin strata, map classes it cannot reach, a reference that labels little."""
+    notes = []
     thin = [v for v, s, n in zip(values, sizes, n_i, strict=True) if s > 0 and n < 2]
     if thin:
         hint = _thin_hint(strategy, len(labelled), [labelled.get(v, 0) for v in thin])
@@ -347,34 +405,22 @@ def _sample_section(size, strategy, seed, sampler: BottomKSampler, values, class
         notes.append(f"the reference labels {100 * coverage:.1f} % of the map's classified pixels: the sample is "
                      "drawn among those, and the estimates weight each map class by its area over the whole map, "
                      "which holds if the labelled pixels of each class represent that class")
-    rows, cols = np.divmod(units["pixel"], grid.width)
+    return notes
+
+
+def _sample_estimates(classes: list[ClassInfo], n_i: np.ndarray, est: OlofssonEstimates) -> dict:
+    """The ``estimates`` part of the sample section: per-class areas and accuracies with 95 % intervals."""
     return {
-        "size": size, "strategy": strategy, "seed": seed,
-        "min_per_stratum": min(MIN_PER_STRATUM, size // max(1, len(labelled))) if strategy == "stratified"
-        else None,
-        "frame": "units drawn among pixels with a class in both the prediction and the reference; strata are the "
-                 "map classes over the whole prediction",
-        "labelled_pixels": np.array([labelled.get(v, 0) for v in values]),
-        "area_unit": unit,
-        "strata_pixels": pixels,
-        "strata_area": sizes,
-        "counts": counts,
-        "counts_convention": "rows = map class (stratum), columns = reference class",
-        "estimates": {
-            "classes": [
-                {"value": c.value, "name": c.name, "sample_units": int(n_i[i]), "map_area": float(est.map_area[i]),
-                 "area": float(est.area[i]), "area_se": float(est.area_se[i]),
-                 "area_ci95": float(est.area_ci95[i]),
-                 "users_accuracy": float(est.users_accuracy[i]), "users_ci95": float(est.users_ci95[i]),
-                 "producers_accuracy": float(est.producers_accuracy[i]),
-                 "producers_ci95": float(est.producers_ci95[i])}
-                for i, c in enumerate(classes)
-            ],
-            "overall_accuracy": est.overall_accuracy,
-            "overall_ci95": est.overall_ci95,
-            "error_matrix_proportions": est.proportions,
-        },
-        "units": [[int(r), int(c), int(m), int(t)] for r, c, m, t in zip(rows, cols, units["map"], units["ref"],
-                                                                         strict=True)],
-        "units_columns": ["row", "col", "map", "reference"],
+        "classes": [
+            {"value": c.value, "name": c.name, "sample_units": int(n_i[i]), "map_area": float(est.map_area[i]),
+             "area": float(est.area[i]), "area_se": float(est.area_se[i]),
+             "area_ci95": float(est.area_ci95[i]),
+             "users_accuracy": float(est.users_accuracy[i]), "users_ci95": float(est.users_ci95[i]),
+             "producers_accuracy": float(est.producers_accuracy[i]),
+             "producers_ci95": float(est.producers_ci95[i])}
+            for i, c in enumerate(classes)
+        ],
+        "overall_accuracy": est.overall_accuracy,
+        "overall_ci95": est.overall_ci95,
+        "error_matrix_proportions": est.proportions,
     }

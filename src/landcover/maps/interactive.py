@@ -50,8 +50,19 @@ def render_html(path: Path, classes: ClassLayer, imagery: ImageryLayer | None, t
                 opacity: float) -> dict:
     """Write the page; returns what it holds (legend names, grid size, byte size)."""
     grid = classes.grid
+    doc = _page_data(classes, imagery, title, opacity)
+    page = _page_html(doc, classes, imagery is not None, title, opacity)
+    with atomic_output(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return {"legend": [c.name for c in classes.classes], "size": (grid.width, grid.height),
+            "bytes": len(page.encode("utf-8"))}
+
+
+def _page_data(classes: ClassLayer, imagery: ImageryLayer | None, title: str, opacity: float) -> dict:
+    """What the viewer reads from the page's JSON: the class grid, its georeferencing, the legend and the imagery."""
+    grid = classes.grid
     t = grid.transform
-    doc = {
+    return {
         "title": title,
         "grid": {"width": grid.width, "height": grid.height,
                  "data": base64.b64encode(zlib.compress(np.ascontiguousarray(classes.index).tobytes(), 9))
@@ -64,14 +75,18 @@ def render_html(path: Path, classes: ClassLayer, imagery: ImageryLayer | None, t
         "imagery": _image_data_uri(imagery.rgba8()) if imagery is not None else None,
         "opacity": opacity,
     }
+
+
+def _page_html(doc: dict, classes: ClassLayer, has_imagery: bool, title: str, opacity: float) -> str:
+    """The whole page: panel, legend and canvas, with the viewer's CSS, JavaScript and ``doc`` inline."""
     legend = "\n".join(
         f'<li><span class="lc-swatch" style="background:rgb({c.color[0]},{c.color[1]},{c.color[2]})"></span>'
         f"<span class=\"lc-name\">{html.escape(c.name)}</span></li>"
         for c in classes.classes
     )
     imagery_toggle = ('<label><input type="checkbox" id="lc-toggle-imagery" checked> Imagery</label>'
-                      if imagery is not None else "")
-    page = f"""<!DOCTYPE html>
+                      if has_imagery else "")
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -110,7 +125,3 @@ def render_html(path: Path, classes: ClassLayer, imagery: ImageryLayer | None, t
 </body>
 </html>
 """
-    with atomic_output(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return {"legend": [c.name for c in classes.classes], "size": (grid.width, grid.height),
-            "bytes": len(page.encode("utf-8"))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +22,18 @@ def check_resume(model, resume: str | os.PathLike) -> dict:
     """
     path = Path(resume)
     fix = f"give {arg('resume')} the last.ckpt or a best-*.ckpt of a landcover train run"
+    ckpt = _load_checkpoint(path, fix)
+    weights, groups = _training_state(ckpt, path, fix)
+    meta = ckpt.get("landcover") if isinstance(ckpt.get("landcover"), dict) else {}
+    _check_matches_model(model, weights, meta, path, fix)
+    if len(groups) != len(model.net.layer_groups()) or not all(isinstance(g, dict) for g in groups):
+        raise LandcoverError(f"{path}: not a landcover training checkpoint (its optimizer has {len(groups)} "
+                             f"parameter groups); {fix}")
+    return _resume_plan(ckpt, groups)
+
+
+def _load_checkpoint(path: Path, fix: str) -> Any:
+    """The checkpoint file's contents, loaded weights-only; refuses a model package, a missing or unreadable file."""
     if path.suffix.lower() in (".emd", ".dlpk") or _is_package(path):
         raise LandcoverError(f"{path}: a model package, not a training checkpoint; to train on from it use "
                              f"{arg('pretrained_path', path)}, or {fix}")
@@ -30,12 +43,16 @@ def check_resume(model, resume: str | os.PathLike) -> dict:
     if not zipfile.is_zipfile(path):
         raise LandcoverError(f"{path}: not a training checkpoint (not a PyTorch checkpoint file); {fix}")
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any failure to read is the same user error
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if "weights only" in reason.lower():
             reason = "it holds Python objects, which are not loaded from untrusted files"
         raise LandcoverError(f"{path}: not a readable training checkpoint ({reason}); {fix}") from None
+
+
+def _training_state(ckpt: Any, path: Path, fix: str) -> tuple[dict[str, torch.Tensor], list]:
+    """(U-Net weights without the ``net.`` prefix, optimizer parameter groups); refuses a checkpoint without them."""
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     weights = {k[4:]: v for k, v in state.items() if isinstance(k, str) and k.startswith("net.")
                and isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
@@ -45,7 +62,11 @@ def check_resume(model, resume: str | os.PathLike) -> dict:
     if not weights or not isinstance(groups, list) or not isinstance(ckpt.get("epoch"), int):
         raise LandcoverError(f"{path}: not a landcover training checkpoint (no U-Net training state: plain "
                              f"weights go to {arg('pretrained_path')}); {fix}")
-    meta = ckpt.get("landcover") if isinstance(ckpt.get("landcover"), dict) else {}
+    return weights, groups
+
+
+def _check_matches_model(model, weights: dict[str, torch.Tensor], meta: dict, path: Path, fix: str) -> None:
+    """Refuse weights trained with another backbone, classes or bands than ``model``, or with other layers."""
     backbone = meta.get("backbone") or _backbone_of(weights)
     if backbone and backbone != model.backbone:
         raise LandcoverError(f"{path}: the checkpoint was trained with backbone {backbone}, this run uses "
@@ -73,9 +94,10 @@ def check_resume(model, resume: str | os.PathLike) -> dict:
         if key not in weights or key not in own or own[key].shape != weights[key].shape:
             raise LandcoverError(f"{path}: layer {key} does not match this {model.backbone} U-Net; {fix} with "
                                  "the same backbone, bands and classes")
-    if len(groups) != len(model.net.layer_groups()) or not all(isinstance(g, dict) for g in groups):
-        raise LandcoverError(f"{path}: not a landcover training checkpoint (its optimizer has {len(groups)} "
-                             f"parameter groups); {fix}")
+
+
+def _resume_plan(ckpt: dict, groups: list[dict]) -> dict:
+    """What resuming needs: epochs done, scheduler steps left and the learning rates of the parameter groups."""
     schedulers = ckpt.get("lr_schedulers")
     schedule = schedulers[0] if isinstance(schedulers, list) and schedulers and isinstance(schedulers[0], dict) \
         else {}
