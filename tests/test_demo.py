@@ -25,6 +25,9 @@ def test_demo_quick_runs_the_workflow_and_writes_a_report(tmp_path, capsys):
     result = json.loads((out / "demo.json").read_text())
     # Ten epochs of a ResNet-18 reach about 0.9 here; the full run passes 0.95.
     assert result["overall_accuracy"] >= 0.8 and result["quick"] is True
+    # the finder searched the quick mode's range and fit trained at the rate it picked
+    low, high = result["lr_find_range"]
+    assert (low, high) == (1e-5, 1.0) and low < result["lr"] < high
     page = (out / "report.html").read_text()
     links = re.findall(r'(?:href|src)="([^"#:]+)"', page)
     assert links and all((out / link).exists() for link in links), "every link in the report resolves"

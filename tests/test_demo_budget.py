@@ -35,6 +35,9 @@ def test_modes():
     assert default.budget_s <= 280 and default.backbone == "resnet18" and default.epochs is None
     assert quick.budget_s < default.budget_s
     assert full.backbone == "resnet34" and full.epochs == 30 and full.budget_s is None
+    # the budgeted runs' few finder steps search where a network trained from random weights wants its rate;
+    # the full run's 80 steps search arcgis.learn's whole range
+    assert default.lr_range == quick.lr_range == (1e-5, 1.0) and full.lr_range == (1e-7, 10.0)
     assert DemoSettings.for_mode(True) == quick and DemoSettings.for_mode(False) == default
     assert set(default.plan()) == {"scene", "export", "prepare", "lr_find", "fit", "classify", "evaluate", "maps"}
     with pytest.raises(LandcoverError, match="mode='fast': choose one of default, quick, full"):

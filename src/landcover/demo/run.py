@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import LandcoverError, arg
 from ..raster import check_writable_dir
@@ -42,9 +43,15 @@ class DemoSettings:
     budget_s: float | None = None
     epochs: int | None = None
     #: the fewest epochs a budgeted run trains, even past its budget on a slow or busy machine: fewer leave the
-    #: rare classes unlearned. On a 2-core Zen 3 (fp32, where this minimum binds: epochs of about 16 s), seed 0's
-    #: unseen area: 13 epochs, buildings' IoU 0.64 and 257 s in all; 15 epochs, 0.60 and 294 s
+    #: rare classes unlearned. On a 2-core Zen 3 (fp32, where this minimum binds: epochs of about 16 s), seeds 0-2:
+    #: 13-14 epochs, the lowest class IoU 0.54-0.62 and 254-274 s in all (15 epochs took 294 s)
     min_epochs: int = 13
+    #: the learning-rate finder's range. The budgeted runs take 15-20 steps, so they spend them where a network
+    #: trained with AdamW from random weights can want its rate: over arcgis.learn's 1e-7 to 10, 20 steps are
+    #: 0.4 decades apart, 8 of them fall below 1e-5 where the loss does not move, and the valley's pick swung
+    #: between 2.3e-4 and 6.2e-4 from scene to scene (seeds 1 and 0), undertraining buildings on seed 1's (IoU
+    #: 0.41). Over 1e-5 to 1 it picks 1.3e-3 to 2.3e-3 and every class of seeds 0-2 reaches IoU 0.54 (Zen 3).
+    lr_range: tuple[float, float] = (1e-5, 1.0)
     tile_size: int = 128
     stride: int = 64
     scene_size: int = 2048
@@ -59,7 +66,7 @@ class DemoSettings:
         0.61 with 8, in about the same time)."""
         mode = {True: "quick", False: "default"}.get(mode, mode) if isinstance(mode, bool) else mode
         if mode == "full":
-            return cls("full", backbone="resnet34", batch_size=16, lr_find_steps=80, epochs=30)
+            return cls("full", backbone="resnet34", batch_size=16, lr_find_steps=80, epochs=30, lr_range=(1e-7, 10.0))
         if mode == "quick":
             return cls("quick", backbone="resnet18", batch_size=8, lr_find_steps=15, budget_s=120.0, min_epochs=10,
                        scene_size=1536)
@@ -115,7 +122,8 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     demo = _Demo(out, cfg, seed, report, DemoProgress(cfg.plan(), log, bar=progress))
     scene = _scene_step(demo)
     _export_step(demo, scene)
-    package, epochs, fit_seconds = _train_step(demo)
+    trained = _train_step(demo)
+    package, fit_seconds = trained.package, trained.fit_seconds
     classified = _classify_step(demo, scene, package)
     acc = _evaluate_step(demo, scene, classified)
     _maps_step(demo, scene, classified)
@@ -129,7 +137,8 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     (out / "demo.json").write_text(json.dumps({
         "overall_accuracy": acc.overall_accuracy, "mean_iou": acc.mean_iou, "kappa": acc.kappa,
         "seconds": seconds, "fit_seconds": fit_seconds, "quick": cfg.mode == "quick", "mode": cfg.mode,
-        "budget_seconds": cfg.budget_s, "backbone": cfg.backbone, "epochs": epochs,
+        "budget_seconds": cfg.budget_s, "backbone": cfg.backbone, "epochs": trained.epochs, "lr": trained.lr,
+        "lr_find_range": list(cfg.lr_range),
         "per_class_iou": {row["name"]: row.get("iou") for row in acc.per_class if "name" in row}}, indent=2))
     return DemoResult(page, classified, package, acc.overall_accuracy, acc.mean_iou, seconds)
 
@@ -191,9 +200,17 @@ def _export_step(demo: _Demo, scene) -> None:
         seconds=time.perf_counter() - t)
 
 
-def _train_step(demo: _Demo) -> tuple[Path, int, float]:
-    """3. Train: prepare_data, show_batch, lr_find, fit (sized to the budget), show_results, save. Returns the
-    model package, the epochs trained and the seconds fit took."""
+class _Trained(NamedTuple):
+    """What training gave: the saved package, the epochs, the seconds fit took and the learning rate it used."""
+
+    package: Path
+    epochs: int
+    fit_seconds: float
+    lr: float
+
+
+def _train_step(demo: _Demo) -> _Trained:
+    """3. Train: prepare_data, show_batch, lr_find, fit (sized to the budget), show_results, save."""
     from lightning.pytorch import seed_everything
 
     from .. import UnetClassifier, prepare_data
@@ -209,7 +226,8 @@ def _train_step(demo: _Demo) -> tuple[Path, int, float]:
     seed_everything(demo.seed, workers=True, verbose=False)
     model = UnetClassifier(data, backbone=cfg.backbone, pretrained=False, **LOSS)
     t_lr = demo.step("lr_find", f"lr_find ({cfg.lr_find_steps} steps)")
-    lr = model.lr_find(num_steps=cfg.lr_find_steps, allow_plot=False)
+    lr = model.lr_find(num_steps=cfg.lr_find_steps, start_lr=cfg.lr_range[0], end_lr=cfg.lr_range[1],
+                       allow_plot=False)
     lr_fig = demo.savefig(model.lr_figure(), "lr_find.png")
     lr_seconds = time.perf_counter() - t_lr
     epochs = cfg.epochs or _sized_epochs(cfg, data, model, lr_seconds, demo.bar)
@@ -234,10 +252,12 @@ def _train_step(demo: _Demo) -> tuple[Path, int, float]:
         files=sorted(p for p in package.iterdir() if p.is_file()),
         code=f"data = prepare_data('chips', batch_size={cfg.batch_size})\n"
              f"model = UnetClassifier(data, backbone='{cfg.backbone}', pretrained=False, "
-             f"{', '.join(f'{k}={v!r}' for k, v in LOSS.items())})\nlr = model.lr_find()\n"
+             f"{', '.join(f'{k}={v!r}' for k, v in LOSS.items())})\n"
+             f"lr = model.lr_find(num_steps={cfg.lr_find_steps}, start_lr={cfg.lr_range[0]:g}, "
+             f"end_lr={cfg.lr_range[1]:g})\n"
              f"model.fit({epochs}, lr=lr, checkpoint=False)\nmodel.save('landcover_unet')",
         seconds=time.perf_counter() - t)
-    return package, epochs, fit_seconds
+    return _Trained(package, epochs, fit_seconds, lr)
 
 
 def _classify_step(demo: _Demo, scene, package: Path) -> Path:
