@@ -28,7 +28,7 @@ from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import unary_union
 from shapely.prepared import prep
 
-from .filters import _fractal_noise, _freqs, _gauss, _psf, _shift
+from .filters import fractal_noise, freqs, gauss, psf, shift
 
 # Materials: finer than classes, because each has its own spectrum and texture.
 CROP, PASTURE, LAWN, FOREST, BARE, CONSTRUCTION, TRACK, RIVER, LAKE, POND, ROAD, MARKING, ROOF = range(13)
@@ -133,7 +133,7 @@ class _Landscape:
 
     def lay_out(self) -> None:
         n, rng = self.n, self.rng
-        self.detail = _fractal_noise(rng, n, 1.6)
+        self.detail = fractal_noise(rng, n, 1.6)
         self.town_center = (n * rng.uniform(0.62, 0.68), n * rng.uniform(0.60, 0.66))
         self.hamlet_center = (n * rng.uniform(0.16, 0.26), n * rng.uniform(0.13, 0.17))
         self._fields()
@@ -209,8 +209,8 @@ class _Landscape:
     def _forest(self) -> None:
         """Woods on the high ground of a smooth random field, with ragged edges; lone trees in pastures."""
         n, rng = self.n, self.rng
-        field = _fractal_noise(rng, n, 3.6, lowres=max(64, n // 8))
-        field += 0.15 * _fractal_noise(rng, n, 2.6, lowres=max(64, n // 2))
+        field = fractal_noise(rng, n, 3.6, lowres=max(64, n // 8))
+        field += 0.15 * fractal_noise(rng, n, 2.6, lowres=max(64, n // 2))
         self.mat[field > np.quantile(field[::4, ::4], 0.78)] = FOREST
         for _ in range(n * n // 9000):
             x, y = rng.uniform(0, n, 2)
@@ -247,7 +247,7 @@ class _Landscape:
             placed += 1
         self.water, self.water_mat = water > 0, water
         self.mat[self.water] = water[self.water]
-        self.near_water = _gauss(self.water, 3.0) > 0.02  # buildings keep off the water and its banks
+        self.near_water = gauss(self.water, 3.0) > 0.02  # buildings keep off the water and its banks
 
     def _blob(self, water: np.ndarray, center, radius: float, material: int, shore_woods: float) -> None:
         """An irregular round water body, optionally with woods on part of its shore."""
@@ -451,7 +451,7 @@ class _Landscape:
         img = _BASE[mat]  # (n, n, 4)
         patches = int(self.patch.max()) + 1
         detail = self.detail
-        smooth = _fractal_noise(rng, n, 3.0, lowres=max(64, n // 8))
+        smooth = fractal_noise(rng, n, 3.0, lowres=max(64, n // 8))
 
         crop = mat == CROP
         idx = self.patch[crop]
@@ -480,14 +480,14 @@ class _Landscape:
         self._roofs(img)
         self._shadows(img)
         img = img * (1 + 0.03 * smooth)[..., None] + _HAZE
-        img = _psf(img)
+        img = psf(img)
         img += rng.standard_normal(img.shape, dtype=np.float32) * 3.0
         return np.clip(np.rint(img), 1, 255).astype(np.uint8).transpose(2, 0, 1).copy()
 
     def _crowns(self, img: np.ndarray) -> None:
         """Tree crowns: a field of Gaussian domes of two sizes, lit from the sun's side, with per-crown colour."""
         n, rng = self.n, self.rng
-        f2 = _freqs(n)
+        f2 = freqs(n)
         draw = rng.random((n, n), dtype=np.float32)
         small = (draw < 1 / 22).astype(np.float32)
         large = (draw > 1 - 1 / 70).astype(np.float32)
@@ -506,14 +506,14 @@ class _Landscape:
         shade = ((0.38 + 0.9 * h) * lit[trees])[:, None]
         tint = hue[trees]
         colour = np.stack([1 + 0.14 * tint, 1 + 0.08 * tint, 1 + 0.02 * tint, 1 + 0.06 * tint], 1)
-        stand = 1 + 0.15 * _fractal_noise(rng, n, 3.4, lowres=max(64, n // 8))[trees][:, None]
+        stand = 1 + 0.15 * fractal_noise(rng, n, 3.4, lowres=max(64, n // 8))[trees][:, None]
         img[trees] *= shade * colour * stand
         self.tree_height = np.where(trees, 6 + 10 * np.clip(height, 0, 1), 0).astype(np.float32)
 
     def _water_colour(self, img: np.ndarray, smooth: np.ndarray) -> None:
         """Turbidity, and shallow, brighter water along the banks."""
         water = np.isin(self.mat, (RIVER, LAKE, POND))
-        depth = _gauss(self.water, 3.0)[water]
+        depth = gauss(self.water, 3.0)[water]
         shallow = np.clip((1 - depth) * 1.8, 0, 1)[:, None]
         turbid = (1 + 0.12 * smooth[water])[:, None] * np.array([1.1, 1.0, 0.95, 1.2], dtype=np.float32)
         img[water] = img[water] * turbid * (1 - shallow) + _SHALLOW * shallow
@@ -536,7 +536,7 @@ class _Landscape:
         side = np.sign(-dx * np.sin(ridge) + dy * np.cos(ridge))
         facing = (-np.sin(ridge) * math.sin(_SUN_AZIMUTH) - np.cos(ridge) * math.cos(_SUN_AZIMUTH)) * side
         slope = np.where(gabled, 1 + 0.16 * np.sign(facing), 1.0)
-        inner = _shift(roof, 1, 0) & _shift(roof, -1, 0) & _shift(roof, 0, 1) & _shift(roof, 0, -1)
+        inner = shift(roof, 1, 0) & shift(roof, -1, 0) & shift(roof, 0, 1) & shift(roof, 0, -1)
         img[roof] = roof_rgbn[ids] * (slope * np.where(inner[roof], 1.0, 0.88))[:, None]
 
     def _shadows(self, img: np.ndarray) -> None:
@@ -546,7 +546,7 @@ class _Landscape:
         shadow = np.zeros(reach.shape, dtype=bool)
         away_x, away_y = -math.sin(_SUN_AZIMUTH), math.cos(_SUN_AZIMUTH)
         for step in range(1, int(np.ceil(reach.max())) + 1):
-            shadow |= _shift(reach >= step, round(away_y * step), round(away_x * step))
+            shadow |= shift(reach >= step, round(away_y * step), round(away_x * step))
         shadow &= (self.bld == 0) & (self.mat != FOREST)  # the casters themselves are not shaded
         img[shadow] *= _SHADOW
 
