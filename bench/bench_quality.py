@@ -23,7 +23,8 @@ macro IoU before small sets trained on batches of 8), so ``--seeds 1 2 3`` train
 mean beside the forest. The same seed gives the same model on one machine, not across CPU kinds (a CPU with
 native bf16 trains in bf16 autocast).
 
-``--ablate`` adds one U-Net run per switched-off part of the recipe (each alone, the rest at defaults):
+``--ablate`` adds one U-Net run per switched-off part of the recipe (each alone, the rest at defaults, with the
+first of ``--seeds``):
 ``crops`` (``--sampling chips``: the fixed chips instead of random windows of the labelled area),
 ``augment`` (``--no-augment``), ``lr_find`` (``--lr 1e-3`` instead of the learning-rate finder), ``early_stopping``
 (``--no-early-stopping``) and ``sizing`` (``--backbone resnet34 --epochs 20 --batch-size 16``, the old defaults).
@@ -265,7 +266,9 @@ def main() -> int:
             parts = landsat_set(set_dir) if name == "landsat" else naip_set(set_dir)
             runs = [(f"U-Net (CLI defaults){f', seed {seed}' if len(args.seeds) > 1 else ''}", f"defaults_{seed}",
                      ["--seed", str(seed)]) for seed in args.seeds]
-            runs += [(f"U-Net without {a}", f"no_{a}", ABLATIONS[a]) for a in ablate]
+            # each part switched off on the first seed's run, so that the difference is the part's, not the seed's
+            runs += [(f"U-Net without {a}", f"no_{a}", ["--seed", str(args.seeds[0]), *ABLATIONS[a]])
+                     for a in ablate]
             seeded = []  # the CLI-default runs, one per seed
             for label, tag, extra in runs:
                 r = unet(name, parts, set_dir, extra, args.minutes, tag)

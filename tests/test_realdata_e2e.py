@@ -47,7 +47,9 @@ def test_naip_train_classify_heldout_evaluate(shared_data, tmp_path, capsys):
     torch.manual_seed(0)
     data = prepare_data(chips, batch_size=4, chip_size=128, val_split_pct=0.25, seed=0)
     model = UnetClassifier(data, backbone="resnet18")
-    model.fit(24, lr=slice(3e-4, 3e-3), checkpoint=False)  # checkpoint files are another test's subject
+    # 16 epochs: OA 0.900 on a Zen 3 (24 gave 0.883, for 25 s more of the suite); checkpoints are another test's
+    # subject
+    model.fit(16, lr=slice(3e-4, 3e-3), checkpoint=False)
     package = model.save(tmp_path / "naip_unet")
 
     out = classify_pixels(tmp_path / "heldout.tif", package, tmp_path / "heldout_classified.tif", padding=32,

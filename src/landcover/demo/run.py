@@ -59,7 +59,7 @@ class DemoSettings:
     @classmethod
     def for_mode(cls, mode: str | bool = "default") -> DemoSettings:
         """``default``: ResNet-18 trained to a 4.5-minute budget (under 5 minutes on 2 cores); ``quick``: the
-        same on a smaller scene (1.5 km) in about 2 minutes (CI); ``full``: the seed's ResNet-34 for 30 epochs.
+        same on a smaller scene (1.28 km) in about 1.5 minutes (CI); ``full``: the seed's ResNet-34 for 30 epochs.
 
         Batches of 8, not 16: twice the optimizer steps for the same windows, which a network trained from random
         weights for a few minutes needs (seed 0, 15 epochs on a Zen 3: buildings' IoU 0.44 with batches of 16,
@@ -68,8 +68,8 @@ class DemoSettings:
         if mode == "full":
             return cls("full", backbone="resnet34", batch_size=16, lr_find_steps=80, epochs=30, lr_range=(1e-7, 10.0))
         if mode == "quick":
-            return cls("quick", backbone="resnet18", batch_size=8, lr_find_steps=15, budget_s=120.0, min_epochs=10,
-                       scene_size=1536)
+            return cls("quick", backbone="resnet18", batch_size=8, lr_find_steps=15, budget_s=90.0, min_epochs=10,
+                       scene_size=1280)
         if mode == "default":
             return cls("default", backbone="resnet18", batch_size=8, lr_find_steps=20, budget_s=270.0)
         raise LandcoverError(f"{arg('mode', mode)}: choose one of {', '.join(MODES)}")
@@ -98,7 +98,7 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
              log=print, *, full: bool = False, progress: bool = True) -> DemoResult:
     """Run the whole workflow on the sample scene into ``out`` and write ``out/report.html``.
 
-    Default: a ResNet-18 trained to fit the run in about 4.5 minutes; ``quick``: about 2 minutes; ``full``: the
+    Default: a ResNet-18 trained to fit the run in about 4.5 minutes; ``quick``: about 1.5 minutes; ``full``: the
     seed's ResNet-34 for 30 epochs (10 minutes or more on 2 cores). ``progress``: a progress bar with the time
     left (on stderr) besides one ``log`` line per step."""
     import matplotlib
