@@ -123,24 +123,23 @@ def run_demo(out: str | os.PathLike = "landcover-demo", quick: bool = False, see
     scene = _scene_step(demo)
     _export_step(demo, scene)
     trained = _train_step(demo)
-    package, fit_seconds = trained.package, trained.fit_seconds
-    classified = _classify_step(demo, scene, package)
+    classified = _classify_step(demo, scene, trained.package)
     acc = _evaluate_step(demo, scene, classified)
     _maps_step(demo, scene, classified)
     demo.bar.close()
     seconds = time.perf_counter() - t_start
     report.summary = {"overall accuracy (unseen area)": f"{acc.overall_accuracy:.3f}",
                       "mean IoU": f"{acc.mean_iou:.3f}", "kappa": f"{acc.kappa:.3f}",
-                      "training": f"{fit_seconds:.0f} s", "total time": f"{seconds:.0f} s",
+                      "training": f"{trained.fit_seconds:.0f} s", "total time": f"{seconds:.0f} s",
                       "mode": cfg.mode}
     page = report.write(out / "report.html")
     (out / "demo.json").write_text(json.dumps({
         "overall_accuracy": acc.overall_accuracy, "mean_iou": acc.mean_iou, "kappa": acc.kappa,
-        "seconds": seconds, "fit_seconds": fit_seconds, "quick": cfg.mode == "quick", "mode": cfg.mode,
+        "seconds": seconds, "fit_seconds": trained.fit_seconds, "quick": cfg.mode == "quick", "mode": cfg.mode,
         "budget_seconds": cfg.budget_s, "backbone": cfg.backbone, "epochs": trained.epochs, "lr": trained.lr,
         "lr_find_range": list(cfg.lr_range),
         "per_class_iou": {row["name"]: row.get("iou") for row in acc.per_class if "name" in row}}, indent=2))
-    return DemoResult(page, classified, package, acc.overall_accuracy, acc.mean_iou, seconds)
+    return DemoResult(page, classified, trained.package, acc.overall_accuracy, acc.mean_iou, seconds)
 
 
 @dataclass
