@@ -11,7 +11,8 @@ def register(sub) -> None:
         "Writes OUT/report.html.")
     p.add_argument("--out", default="landcover-demo", help="output folder (default: ./landcover-demo)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="a smaller scene (1.28 km) and a 1.5-minute budget instead of 4.5 (CI)")
+    mode.add_argument("--quick", action="store_true",
+                      help="a smaller scene (1.28 km) and a 1.5-minute budget instead of 4.5 (CI)")
     mode.add_argument("--full", action="store_true",
                       help="the seed's ResNet-34 for 30 epochs (10 minutes or more on 2 cores)")
     p.add_argument("--seed", type=int, default=0, help="scene and training seed (default: 0)")
