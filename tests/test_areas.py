@@ -12,10 +12,11 @@ from rasterio.transform import Affine, from_origin
 
 import landcover.areas
 from conftest import write_raster
-from landcover.areas import class_areas
+from landcover.areas import AreaWarning, class_areas
 from landcover.classes import ClassInfo, write_class_table
 from landcover.cli import main
 from landcover.errors import LandcoverError
+from landcover.evaluate import evaluate
 
 
 def test_projected_areas_nodata_names_and_csv(tmp_path, monkeypatch):
@@ -113,6 +114,11 @@ def test_planar_areas_far_off_true_ones_are_warned_in_one_line(tmp_path, capsys)
     near = write_raster(tmp_path / "near.tif", np.ones((50, 50), np.uint8), crs="EPSG:32618",
                         transform=from_origin(500000, 4300000, 10, 10))
     assert main(["areas", str(near)]) == 0 and capsys.readouterr().err == ""
+    # from Python, the warning points at the caller's line, not at the package's code that raised it
+    for call in (lambda: class_areas(path), lambda: evaluate(path, path, sample=100)):
+        with pytest.warns(AreaWarning) as record:
+            call()
+        assert [w.filename for w in record if w.category is AreaWarning] == [__file__]
 
 
 def test_no_crs_is_refused_in_one_line(tmp_path, capsys):

@@ -600,8 +600,9 @@ def test_cell_size_far_from_the_models_is_warned(model_dir, raster, tmp_path, ca
                         tmp_path / "fine")
     same = save_package(dataclasses.replace(pkg, cell_size=(1.0, 1.0), crs_wkt=CRS.from_epsg(32617).to_wkt()),
                         tmp_path / "same")
-    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*with cell_size=0.5 to"):
+    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*with cell_size=0.5 to") as rec:
         classify_pixels(path, fine, tmp_path / "a.tif", padding=8, progress=False)
+    assert rec[0].filename == __file__  # the user's line, not the package's
     with warnings.catch_warnings():
         warnings.simplefilter("error", CellSizeWarning)
         classify_pixels(path, same, tmp_path / "b.tif", padding=8, progress=False)

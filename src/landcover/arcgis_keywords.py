@@ -13,11 +13,10 @@ import contextvars
 import functools
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import LandcoverError, arg
+from .errors import LandcoverError, arg, warn
 
 #: Esri's well-known ids of Web Mercator that EPSG spells 3857.
 WEB_MERCATOR_WKIDS = (102100, 102113, 900913)
@@ -111,7 +110,7 @@ def read_context(context: Mapping | None, honoured: tuple[str, ...], step: str) 
         if key in honoured:
             out[key] = value
         elif key in NO_EFFECT_KEYS:
-            warnings.warn(f"context['{key}'] tunes ArcGIS's servers and has no effect in landcover", stacklevel=3)
+            warn(f"context['{key}'] tunes ArcGIS's servers and has no effect in landcover")
         elif key in REFUSED_KEYS:
             raise LandcoverError(f"context['{key}']: not supported by {step}; {REFUSED_KEYS[key]}")
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .classes import read_class_table
-from .errors import LandcoverError
+from .errors import LandcoverError, warn
 from .raster import Grid, atomic_output, check_output, open_raster, pixel_errors
 
 #: Pixels per strip read at once (about 8 MB per int64 work array); larger strips were no faster.
@@ -193,9 +192,9 @@ class PixelAreas:
             return
         ratio = k * k * self.constant * self.to_m2 / true
         if abs(ratio - 1) > PLANAR_TOLERANCE:
-            warnings.warn(f"{what}: areas are planar in {g.crs.to_string()}, which here are {100 * (ratio - 1):+.1f} % "
-                          "off the true (geodesic) area; reproject to an equal-area CRS for exact areas",
-                          AreaWarning, stacklevel=3)
+            warn(f"{what}: areas are planar in {g.crs.to_string()}, which here are {100 * (ratio - 1):+.1f} % "
+                 "off the true (geodesic) area; reproject to an equal-area CRS for exact areas",
+                 AreaWarning)
 
 
 class ClassTally:

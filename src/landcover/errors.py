@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,20 @@ class LandcoverError(Exception):
 
 class NetworkError(LandcoverError):
     """Reading imagery over the network failed part-way (a command that keeps finished work can resume)."""
+
+
+#: this package's folder: frames from files under it are landcover's own, not the user's
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` that points at the user's line: the first caller outside landcover, however deep in
+    the package the warning is raised (a counted ``stacklevel`` points into the package as soon as the code
+    calling it is split or moved). From the CLI, every frame is landcover's and it points at the outermost."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of this function
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 _CLI = contextvars.ContextVar("landcover_cli_spelling", default=False)

@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..arcgis_keywords import (
     records_given_arguments,
     whole,
 )
-from ..errors import LandcoverError, NetworkError, arg
+from ..errors import LandcoverError, NetworkError, arg, warn
 from ..raster import (
     GDAL_ENV,
     Grid,
@@ -365,9 +364,9 @@ def _check_cell_size(grid: Grid, pkg, name: str) -> None:
     image = abs(grid.transform.a) * f_img
     model = float(pkg.cell_size[0]) * f_model
     if image > 0 and model > 0 and max(image / model, model / image) >= CELL_SIZE_RATIO:
-        warnings.warn(f"{name}: cell size {image:g} m, the model was trained at {model:g} m; classify with "
-                      f"{arg('cell_size', round(model / f_img, 6))} to resample to it",
-                      CellSizeWarning, stacklevel=4)
+        warn(f"{name}: cell size {image:g} m, the model was trained at {model:g} m; classify with "
+             f"{arg('cell_size', round(model / f_img, 6))} to resample to it",
+             CellSizeWarning)
 
 
 def _start(run: _Run, block_size: int) -> Job:
@@ -446,10 +445,9 @@ def _check_alpha(ds, pkg, name: str) -> None:
     with pixel_errors(name):
         values = _sampled_values(ds, band)
     if set(values.tolist()) <= {0, 255}:
-        warnings.warn(f"{name}: band {band} holds only 0 and 255 and GDAL tags it alpha (transparency), but the model "
-                      f"reads it as data (its band {pkg.extract_bands.index(band - 1) + 1}); it is read as data, not "
-                      "as a mask: check that the imagery has the bands the model was trained on", ImageryWarning,
-                      stacklevel=5)
+        warn(f"{name}: band {band} holds only 0 and 255 and GDAL tags it alpha (transparency), but the model "
+             f"reads it as data (its band {pkg.extract_bands.index(band - 1) + 1}); it is read as data, not "
+             "as a mask: check that the imagery has the bands the model was trained on", ImageryWarning)
 
 
 #: windows of ``_sampled_values`` per side and their edge in pixels: 16 windows of 64², 64 K pixels in all

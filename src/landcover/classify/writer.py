@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -25,7 +24,7 @@ from rasterio._err import CPLE_BaseError  # GDAL's errors (rasterio.errors does 
 from rasterio.enums import Resampling
 
 from ..classes import class_tag, colormap_of, write_class_table
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, arg, warn
 from ..raster import GDAL_ENV, Grid, atomic_output
 from .blend import ClassDecoder
 from .blocks import Job, block_name, done_path, profile_for
@@ -115,9 +114,9 @@ def warn_empty(job: Job, output: Path) -> None:
     name = getattr(job.imagery, "name", None) or job.imagery[0]
     part = job.window is not None and tuple(job.window) != (0, 0, job.height, job.width)  # an extent of the raster
     within, extent = (f" within the {arg('extent')}", f"the {arg('extent')} and ") if part else ("", "")
-    warnings.warn(f"{name}: every pixel{within} is nodata, so {output} holds no class; check {extent}the "
-                  "imagery's nodata value (gdalinfo shows it, gdal_edit -a_nodata or -unsetnodata changes it)",
-                  ImageryWarning, stacklevel=3)
+    warn(f"{name}: every pixel{within} is nodata, so {output} holds no class; check {extent}the "
+         "imagery's nodata value (gdalinfo shows it, gdal_edit -a_nodata or -unsetnodata changes it)",
+         ImageryWarning)
 
 
 # --- leftovers of an interrupted run ---------------------------------------------------------------------------

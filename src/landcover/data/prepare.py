@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch.utils.data import DataLoader
 
 from ..classes import ClassInfo, generated_classes
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, arg, warn
 from .bands import band_indices, check_rgb_bands
 from .loader import ChipDataset, read_chip, read_label
 from .mosaic import MOSAIC_MAX_CHIPS, WindowDataset, build_mosaic, chip_layout, reorder
@@ -200,8 +200,7 @@ def prepare_data(path: str | os.PathLike | Sequence[str | os.PathLike], batch_si
     exports = [read_export(p) for p in paths]
     for e in exports:
         if e.missing_labels:
-            warnings.warn(f"{e.path}: {e.missing_labels} image chip(s) have no label chip and are skipped",
-                          stacklevel=2)
+            warn(f"{e.path}: {e.missing_labels} image chip(s) have no label chip and are skipped")
     pairs = [pair for e in exports for pair in e.pairs]
     header, bands, counts = _scan(pairs, extract_bands)
     classes = _check_labels(_merge_classes(exports), pairs, counts, paths)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..areas import ClassTally, PixelAreas, as_class_values, check_classified, class_strips
 from ..classes import ClassInfo, read_class_table
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, arg, warn
 from ..raster import Grid, check_output, open_raster
 from .confusion import ConfusionCounter, confusion_metrics
 from .reference import open_reference
@@ -190,7 +189,7 @@ def evaluate(prediction: str | os.PathLike, reference: str | os.PathLike, class_
         report.sample = _sample_section(int(sample), strategy, seed, sampler, values, classes, matrix, strata,
                                         areas, grid, notes)
     for note in notes:
-        warnings.warn(note, AccuracyWarning, stacklevel=2)
+        warn(note, AccuracyWarning)
     if out is not None:
         report.save(out)
     return report

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LandcoverError, arg, on_command_line
+from ..errors import LandcoverError, arg, on_command_line, warn
 from .download import DownloadFailed, OfflineMode, cached_download, mirrored, weights_cache_dir
 from .encoder import ResNetEncoder
 from .pretrained import load_pretrained_encoder
@@ -204,10 +203,10 @@ def start_encoder(encoder: ResNetEncoder, band_names: Sequence[str], pretrained_
                                  f"file elsewhere and give it with {arg('pretrained_path', 'FILE')}, or train "
                                  f"from random weights with {_no_pretrained()}") from None
         if not isinstance(exc, OfflineMode):  # offline by choice ($LANDCOVER_OFFLINE): no need to say it each time
-            warnings.warn(f"could not download the {weights.name} {encoder.backbone} weights ({exc}): training starts "
-                          f"from random weights; to start from a copy of {url} give it with "
-                          f"{arg('pretrained_path', 'FILE')} ({_no_pretrained()} hides this warning)",
-                          PretrainedWeightsWarning, stacklevel=3)
+            warn(f"could not download the {weights.name} {encoder.backbone} weights ({exc}): training starts "
+                 f"from random weights; to start from a copy of {url} give it with "
+                 f"{arg('pretrained_path', 'FILE')} ({_no_pretrained()} hides this warning)",
+                 PretrainedWeightsWarning)
         return {"Name": "none", "Unavailable": weights.name, "Reason": str(exc)}
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..classes import ClassInfo
-from ..errors import LandcoverError, arg
+from ..errors import LandcoverError, arg, warn
 from ..model import BACKBONES, UNet, has_input_skip, load_pretrained_encoder
 from ..model.weights import start_encoder
 from ..package import load_package
@@ -180,9 +180,9 @@ class UnetClassifier(EvaluationMixin, PackagingMixin):
             theirs = [int(b) for b in pkg.extract_bands]
             if theirs != self.extract_bands:
                 # Legitimate transfer learning (as from ImageNet RGB), but often a slip: say so.
-                warnings.warn(f"{text}: the model was trained on bands {theirs} (0-based) of its imagery, this one "
-                              f"reads {self.extract_bands}; its first layer starts from weights learned on other "
-                              "bands", stacklevel=3)
+                warn(f"{text}: the model was trained on bands {theirs} (0-based) of its imagery, this one "
+                     f"reads {self.extract_bands}; its first layer starts from weights learned on other "
+                     "bands")
         else:
             load_pretrained_encoder(self.net.encoder, path)
 
