@@ -220,8 +220,12 @@ def test_pro_harness_arguments_and_nodata(bare_python, tmp_path):
     package = fitted_package(img, lab, CHESAPEAKE[:3], tmp_path / "gen", cell=(1.0, 1.0), crs_wkt="EPSG:32617")
     folder = unzipped_dlpk(package, tmp_path)
     valid = (img != 0).any(axis=0)
-    for args in ({}, {"padding": "8", "batch_size": "4", "test_time_augmentation": "True"}):
-        kw = {"padding": 8, "batch_size": 4, "test_time_augmentation": True} if args else {}
+    cases = [({}, {}, 2 * (64 - 2 * 16)),  # the default batch of 8: 2 x 4 tiles of stride 32
+             ({"padding": "8", "batch_size": "4", "test_time_augmentation": "True"},
+              {"padding": 8, "batch_size": 4, "test_time_augmentation": True}, 2 * (64 - 2 * 8)),
+             # a larger tile keeps the model's context (a quarter of its 64 px), as classify_pixels
+             ({"tile_size": "128", "batch_size": "4"}, {"tile_size": 128, "batch_size": 4}, 2 * (128 - 2 * 16))]
+    for args, kw, ty in cases:
         reference = _read(classify_pixels(raster, package, tmp_path / "ref.tif", backend="fp32", overwrite=True,
                                           progress=False, **kw))
         check_not_trivial(reference)
@@ -230,7 +234,7 @@ def test_pro_harness_arguments_and_nodata(bare_python, tmp_path):
         mosaic = np.load(tmp_path / "out.npy")
         assert (mosaic[~valid] == 0).all() and (mosaic[valid] > 0).all()  # nodata in, nodata out
         assert agreement(mosaic, reference) >= 0.99, (args, agreement(mosaic, reference))
-    assert json.loads(result.stdout)["config"]["ty"] == 2 * (64 - 2 * 8)  # batch 4: 2 x 2 tiles of stride 48
+        assert json.loads(result.stdout)["config"]["ty"] == ty, args
 
 
 def test_pro_harness_block_with_fewer_bands_is_one_clear_error(bare_python, tmp_path):

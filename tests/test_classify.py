@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -666,3 +667,23 @@ def test_arcgis_learn_forms_landcover_cannot_honour_are_refused(model_dir, raste
     with pytest.raises(LandcoverError, match="model_arguments"):  # arcgis.learn's third positional argument
         classify_pixels(raster[0], model_dir, {"padding": "8"})
     assert not list(tmp_path.iterdir())
+
+
+def test_larger_tiles_keep_the_models_context(model_dir, raster, tmp_path, capsys):
+    """The tile defaults to the model's, the padding to a quarter of the model's tile, as arcgis.learn's
+    ``ImageHeight // 4``, whatever tile is asked for (a smaller one gets a quarter of its own)."""
+    from landcover.classify.plan import default_tiling
+    from landcover.cli import main
+
+    assert default_tiling(64) == (64, 16) and default_tiling(400) == (400, 100)
+    assert default_tiling(64, 256) == (256, 16) and default_tiling(256, 128) == (128, 32)
+    assert default_tiling(64, None, 8) == (64, 8) and default_tiling(64, 96, 40) == (96, 40)
+    path, labels = raster  # 230 x 300: the 256-px tile is fitted to it, 2 x 2 of 192 px
+    assert main(["classify", "--model", str(model_dir), "--imagery", str(path), "--out", str(tmp_path / "a.tif"),
+                 "--backend", "fp32", "--tile-size", "256"]) == 0
+    captured = capsys.readouterr()
+    line = next(ln for ln in (captured.out + captured.err).splitlines() if ln.startswith("classified "))
+    assert re.search(r"\b4 tiles of 192 px, padding 16\b", line), line
+    small = read(classify_pixels(path, model_dir, tmp_path / "b.tif", backend="fp32", progress=False))
+    large = read(tmp_path / "a.tif")
+    assert (large == labels)[labels > 0].mean() >= (small == labels)[labels > 0].mean() - 0.01

@@ -50,7 +50,7 @@ from .blend import ClassDecoder
 from .blocks import Job, done_path, forget_contexts, run_block
 from .choose import choose_engine
 from .engine import BACKENDS, CPU_BACKENDS, cuda_available, weights_hash
-from .plan import TilePlan
+from .plan import TilePlan, default_tiling
 from .writer import clear_leftovers, finish, has_room, open_work, read_manifest, work_dir
 
 __all__ = ["classify_pixels"]
@@ -107,9 +107,9 @@ def classify_pixels(
     ``.dlpk`` or package folder. The output is a one-band uint8 COG of class values (0 = nodata), in the
     input's CRS, with overviews, colour table, class names (``.aux.xml`` attribute table) and a QGIS ``.qml``.
 
-    ``tile_size`` (default: the package's) is the model input; ``padding`` (default a quarter of the tile)
-    the context on each side, so tiles start every ``tile_size - 2 * padding`` pixels and their logits are
-    blended across the overlap. ``test_time_augmentation`` averages the 8 flips/rotations;
+    ``tile_size`` (default: the package's) is the model input; ``padding`` (default a quarter of the package's
+    tile, as arcgis.learn, or of ``tile_size`` when smaller) the context on each side, so tiles start every
+    ``tile_size - 2 * padding`` pixels and their logits are blended across the overlap. ``test_time_augmentation`` averages the 8 flips/rotations;
     ``predict_background=False`` never predicts the background class (index 0, value 0 = nodata); as in
     arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
     learns that class. ``extent`` (xmin, ymin, xmax, ymax in
@@ -225,9 +225,9 @@ def _check_arguments(a: dict, scheduler: str | None, workers: int | None, block_
 
 
 def _tiling(pkg, tile_size, padding) -> tuple[int, int]:
-    """The model input's edge (default the package's) and the context on each side (default a quarter of it)."""
-    tile = int(pkg.tile_size) if tile_size is None else whole(tile_size, "tile_size")
-    pad = tile // 4 if padding is None else whole(padding, "padding")
+    """The model input's edge and the context on each side, checked (defaults: :func:`.plan.default_tiling`)."""
+    tile, pad = default_tiling(pkg.tile_size, None if tile_size is None else whole(tile_size, "tile_size"),
+                               None if padding is None else whole(padding, "padding"))
     if tile < 16:
         raise LandcoverError(f"{arg('tile_size', tile)}: must be at least 16 pixels")
     if pad < 0 or 2 * pad >= tile:

@@ -46,6 +46,16 @@ class Group:
     bhi: int
 
 
+def default_tiling(model_tile: int, tile: int | None = None, padding: int | None = None) -> tuple[int, int]:
+    """(tile, padding) where the user gave ``tile`` and ``padding`` or left them None, as arcgis.learn: the tile
+    defaults to the model's (``ImageHeight``), the padding to a quarter of the model's tile (``ImageHeight // 4``)
+    whatever tile is asked for, or a quarter of the tile when that is smaller. A model trained on small chips
+    then runs on larger tiles with the context it had: a 64-px model on 256-px tiles computes 1.3 pixels per
+    pixel kept instead of 4 (at a quarter of 256 it would stay 4)."""
+    tile = int(model_tile) if tile is None else int(tile)
+    return tile, min(int(model_tile), tile) // 4 if padding is None else int(padding)
+
+
 def fit_tile(size: int, tile: int, padding: int) -> int:
     """The tile length that covers ``size`` pixels with as few tiles as ``tile`` allows (overlaps of at least
     ``2 * padding``), shrunk to the smallest multiple of 32 that still does: no tile computes more than

@@ -141,7 +141,9 @@ class LandcoverClassifier:
         """Bands, padding and the pixel-block size (a rows x cols batch of tiles) ArcGIS is to deliver."""
         self.tile_size = _whole(scalars.get("tile_size") or self.emd["ImageHeight"], "tile_size")
         given = scalars.get("padding")
-        self.padding = self.tile_size // 4 if given in (None, "") else _whole(given, "padding")
+        # arcgis.learn's default: a quarter of the model's tile (the context it was trained with), not of the tile
+        model_tile = _whole(self.emd["ImageHeight"], "ImageHeight")
+        self.padding = min(model_tile, self.tile_size) // 4 if given in (None, "") else _whole(given, "padding")
         given = scalars.get("batch_size")
         self.batch_size = 8 if given in (None, "") else _whole(given, "batch_size")
         self.predict_background = _flag(scalars.get("predict_background", True), "predict_background")
