@@ -16,14 +16,14 @@ def register(sub) -> None:
     add_imagery_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT.tif", help="classified raster to write")
     p.add_argument("--padding", type=int, help="context pixels on each tile side (default: a quarter of the "
-                   "training chip size, as arcgis.learn; 64 with --tile-size 1024 is about 3x faster)")
+                   "training chip size, as arcgis.learn, also on a larger --tile-size)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the 8 flips/rotations")
     p.add_argument("--no-predict-background", action="store_true",
                    help="never predict the background (NoData) class (already off, as in arcgis.learn, "
                    "for models with several classes and none of value 0)")
     p.add_argument("--tile-size", type=int, help="model input tile in pixels (default: the training chip size; "
-                   "256 for a model of 64-px chips is about 4x faster)")
+                   "256 for a model of 64-px chips is about 3.7x faster)")
     p.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                    help="classify only this extent (in --extent-crs, default the raster's CRS)")
     p.add_argument("--extent-crs", help="CRS of --extent, e.g. EPSG:3857")
