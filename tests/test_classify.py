@@ -601,7 +601,8 @@ def test_cell_size_far_from_the_models_is_warned(model_dir, raster, tmp_path, ca
                         tmp_path / "fine")
     same = save_package(dataclasses.replace(pkg, cell_size=(1.0, 1.0), crs_wkt=CRS.from_epsg(32617).to_wkt()),
                         tmp_path / "same")
-    with pytest.warns(CellSizeWarning, match=r"cell size 1 m, the model was trained at 0.5 m.*with cell_size=0.5 to") as rec:
+    expected = r"cell size 1 m, the model was trained at 0.5 m.*with cell_size=0.5 to"
+    with pytest.warns(CellSizeWarning, match=expected) as rec:
         classify_pixels(path, fine, tmp_path / "a.tif", padding=8, progress=False)
     assert rec[0].filename == __file__  # the user's line, not the package's
     with warnings.catch_warnings():

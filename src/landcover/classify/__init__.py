@@ -109,10 +109,10 @@ def classify_pixels(
 
     ``tile_size`` (default: the package's) is the model input; ``padding`` (default a quarter of the package's
     tile, as arcgis.learn, or of ``tile_size`` when smaller) the context on each side, so tiles start every
-    ``tile_size - 2 * padding`` pixels and their logits are blended across the overlap. ``test_time_augmentation`` averages the 8 flips/rotations;
-    ``predict_background=False`` never predicts the background class (index 0, value 0 = nodata); as in
-    arcgis.learn it is also off when the model has more than one class and none of value 0, since training never
-    learns that class. ``extent`` (xmin, ymin, xmax, ymax in
+    ``tile_size - 2 * padding`` pixels and their logits are blended across the overlap.
+    ``test_time_augmentation`` averages the 8 flips/rotations; ``predict_background=False`` never predicts the
+    background class (index 0, value 0 = nodata); as in arcgis.learn it is also off when the model has more than
+    one class and none of value 0, since training never learns that class. ``extent`` (xmin, ymin, xmax, ymax in
     ``extent_crs``, default the raster's CRS) and ``cell_size`` resample the input on the fly (bilinear).
     An extent is snapped outward to whole cells of the raster (resampled to ``cell_size`` from its upper-left
     corner) and tiled as the whole raster is, with context read beyond its edges: its map is the whole raster's
