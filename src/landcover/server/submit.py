@@ -93,7 +93,6 @@ def validate(req: JobRequest, roots: DataRoots, pkg) -> tuple[dict, dict]:
 
     from ..classify import check_imagery
     from ..classify.engine import BACKENDS
-    from ..classify.plan import default_tiling
     from ..raster import GDAL_ENV, Grid, target_grid
     from ..sources import resolve
 
@@ -101,7 +100,7 @@ def validate(req: JobRequest, roots: DataRoots, pkg) -> tuple[dict, dict]:
         check_name(req.owner, "owner")
     if req.backend not in BACKENDS:
         raise ApiError(422, f"backend {req.backend!r}: unknown (choose from {', '.join(BACKENDS)})")
-    tile, _ = default_tiling(pkg.tile_size, req.tile_size, req.padding)
+    tile = req.tile_size or int(pkg.tile_size)
     if req.padding is not None and 2 * req.padding >= tile:
         raise ApiError(422, f"padding {req.padding}: must be less than half the tile size ({tile})")
     imagery = _imagery(req, roots)
